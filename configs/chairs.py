@@ -1,0 +1,6 @@
+"""DSSA on QMUL-Chairs V1. Variants: see configs/fg_sbir_common.py."""
+from configs import fg_sbir_common
+
+
+def get_config(arg=None):
+  return fg_sbir_common.get_config('chairs', arg)

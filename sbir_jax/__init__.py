@@ -1,0 +1,1 @@
+"""sbir_jax: sketch-based and composed-query image retrieval in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""TFDS builders. Importing a module registers its builder with TFDS."""

@@ -1,0 +1,1 @@
+"""Retrieval metrics, computed on the host from energy / score matrices."""

@@ -1,0 +1,193 @@
+"""tf.data input for FG-SBIR: QMUL V1 splits, triplet sampling, 10-view eval.
+
+Randomness is stateless and keyed by (seed, global example index): the triplet
+that fills slot j of step s is the same whatever the number of hosts, and a
+run resumed at step s sees exactly the batches an uninterrupted run would.
+Images stay uint8 up to the device; `normalize` runs inside the jitted step.
+"""
+import dataclasses
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from sbir_jax.datasets import qmul_v1
+
+TRIPLET_SAMPLINGS = ('annotated', 'true_match')
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSplit:
+  """Sketch i matches photo i. `pairs[i, :num_pairs[i]]` are sketch i's
+  annotated [more similar, less similar] photo indices (within this split)."""
+  sketches: np.ndarray  # (N, S, S, 1) uint8
+  photos: np.ndarray  # (N, S, S, 1) uint8
+  pairs: np.ndarray  # (N, P, 2) int32, padded
+  num_pairs: np.ndarray  # (N,) int32
+
+  def __len__(self) -> int:
+    return len(self.sketches)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+  if images.shape[1] == size:
+    return images
+  resized = tf.image.resize(images, (size, size), antialias=True)
+  return np.asarray(tf.clip_by_value(tf.round(resized), 0, 255), np.uint8)
+
+
+def _select(sketches, photos, triplets, keep: np.ndarray,
+            load_size: int) -> PairSplit:
+  """Keeps items `keep` and re-indexes the annotated pairs into them."""
+  new_index = np.full(len(sketches), -1, np.int64)
+  new_index[keep] = np.arange(len(keep))
+  kept_pairs = []
+  for i in keep:
+    pairs = new_index[np.asarray(triplets[i], np.int64).reshape(-1, 2)]
+    # Pairs naming a held-out photo cannot be trained on.
+    kept_pairs.append(pairs[(pairs >= 0).all(axis=1)])
+  width = max([1] + [len(p) for p in kept_pairs])
+  padded = np.zeros((len(keep), width, 2), np.int32)
+  for row, pairs in enumerate(kept_pairs):
+    padded[row, :len(pairs)] = pairs
+  return PairSplit(_resize(sketches[keep], load_size), _resize(photos[keep], load_size),
+                   padded, np.array([len(p) for p in kept_pairs], np.int32))
+
+
+def _read_split(builder, split: str):
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  order = np.argsort(data['instance_id'])
+  triplets = tfds.as_numpy(builder.as_dataset(split=split).map(
+      lambda x: x['triplets']))
+  triplets = list(triplets)
+  return data['sketch'][order], data['photo'][order], [triplets[i] for i in order]
+
+
+def build_builder(data: ml_collections.ConfigDict):
+  """Prepares (if needed) and returns the QMUL V1 TFDS builder."""
+  builder = qmul_v1.QmulV1(config=data.dataset, data_dir=data.tfds_data_dir)
+  manual_dir = data.manual_dir or None
+  if manual_dir and not tf.io.gfile.isdir(manual_dir):
+    raise FileNotFoundError(
+        f'Data dir {manual_dir!r} does not exist. Set --config.data.manual_dir '
+        'to the folder holding shoes/, handbags/ (or chairs/), e.g. '
+        '../shared/data/qmul_v1, or set SBIR_JAX_DATA to the folder holding '
+        'qmul_v1/, or set it to "" to download the files.')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def load_splits(data: ml_collections.ConfigDict) -> dict[str, PairSplit]:
+  """train / val / test, where val is carved from train by sketch id."""
+  builder = build_builder(data)
+  train = _read_split(builder, 'train')
+  test = _read_split(builder, 'test')
+  n = len(train[0])
+  num_val = int(round(n * data.val_fraction))
+  order = np.random.default_rng(data.val_split_seed).permutation(n)
+  val_ids, train_ids = np.sort(order[:num_val]), np.sort(order[num_val:])
+  splits = {'train': _select(*train, train_ids, data.load_size),
+            'test': _select(*test, np.arange(len(test[0])), data.load_size)}
+  if num_val:
+    splits['val'] = _select(*train, val_ids, data.load_size)
+  return splits
+
+
+def _candidate_mask(split: PairSplit) -> np.ndarray:
+  """(N, N) bool: photo j is among sketch i's annotated candidates (or i)."""
+  mask = np.eye(len(split), dtype=bool)
+  for i, (pairs, count) in enumerate(zip(split.pairs, split.num_pairs)):
+    mask[i, pairs[:count].reshape(-1)] = True
+  return mask
+
+
+def _augment(image, seed, crop_size: int, flip: bool):
+  """Random crop and horizontal flip, drawn independently per image."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = tf.image.stateless_random_crop(
+      image, (crop_size, crop_size, image.shape[-1]), crop_seed)
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return image
+
+
+def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
+                    global_batch_size: int, seed: int, start_step: int = 0,
+                    process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+  """Endless per-host batches of {'sketch','positive','negative'} uint8 crops."""
+  if data.triplet_sampling not in TRIPLET_SAMPLINGS:
+    raise ValueError(f'config.data.triplet_sampling={data.triplet_sampling!r}; '
+                     f'choose one of {TRIPLET_SAMPLINGS}.')
+  if global_batch_size % process_count:
+    raise ValueError(f'Batch size {global_batch_size} is not divisible by the '
+                     f'{process_count} processes.')
+  local_batch = global_batch_size // process_count
+  n = len(split)
+  sketches = tf.constant(split.sketches)
+  photos = tf.constant(split.photos)
+  pairs = tf.constant(split.pairs)
+  num_pairs = tf.constant(split.num_pairs)
+  # Easy negatives come from outside the sketch's candidate set.
+  easy_logits = tf.constant(np.where(_candidate_mask(split), -1e9, 0.0), tf.float32)
+  annotated = data.triplet_sampling == 'annotated'
+
+  def random_other(anchor, seed_):
+    return (anchor + 1 + tf.random.stateless_uniform(
+        [], seed_, 0, n - 1, tf.int64)) % n
+
+  def make_triplet(example_index):
+    s = tf.random.experimental.stateless_split(
+        tf.stack([tf.cast(seed, tf.int64), example_index]), 8)
+    anchor = tf.random.stateless_uniform([], s[0], 0, n, tf.int64)
+    positive, negative = anchor, random_other(anchor, s[1])
+    if annotated:
+      count = tf.cast(num_pairs[anchor], tf.int64)
+      k = tf.random.stateless_uniform([], s[2], 0, tf.maximum(count, 1), tf.int64)
+      pair = tf.cast(pairs[anchor, k], tf.int64)
+      easy = tf.random.stateless_categorical(easy_logits[anchor][None], 1, s[3])[0, 0]
+      use_easy = tf.random.stateless_uniform([], s[4]) < data.easy_negative_fraction
+      has_pairs = count > 0
+      positive = tf.where(has_pairs, pair[0], anchor)
+      negative = tf.where(has_pairs, tf.where(use_easy, easy, pair[1]), negative)
+    return {
+        'sketch': _augment(sketches[anchor], s[5], data.crop_size, data.flip),
+        'positive': _augment(photos[positive], s[6], data.crop_size, data.flip),
+        'negative': _augment(photos[negative], s[7], data.crop_size, data.flip),
+    }
+
+  first = process_index * local_batch
+  ds = tf.data.Dataset.range(start_step, 2**62).flat_map(
+      lambda step: tf.data.Dataset.range(step * global_batch_size + first,
+                                         step * global_batch_size + first + local_batch))
+  ds = ds.map(make_triplet, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(2)
+
+
+def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  return iter(tfds.as_numpy(ds))
+
+
+def ten_views(images: np.ndarray, crop_size: int, num_views: int = 10) -> np.ndarray:
+  """(N, S, S, C) -> (N, V, c, c, C): 4 corners + centre, then their flips."""
+  size = images.shape[1]
+  far = size - crop_size
+  centre = far // 2
+  offsets = [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
+  crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in offsets]
+  crops += [c[:, :, ::-1] for c in crops]
+  if num_views not in (1, 10):
+    raise ValueError(f'config.eval.num_views={num_views}; use 10 (the paper) '
+                     'or 1 (centre crop only).')
+  views = crops if num_views == 10 else [crops[4]]
+  return np.stack(views, axis=1)
+
+
+def normalize(images_uint8: jax.Array, mean: float, scale: float) -> jax.Array:
+  """Mean subtraction (the paper's 250.42) and an optional scale, on device."""
+  return (images_uint8.astype(jnp.float32) - mean) * scale

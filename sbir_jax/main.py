@@ -1,0 +1,54 @@
+"""Entry point: python -m sbir_jax.main --config=configs/handbag.py[:variants]."""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variants].',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None,
+                    'Output folder (default ./workdir/<config>[_<variants>]).')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (resuming), then test; eval: restore and evaluate.')
+flags.DEFINE_string('checkpoint', 'best', 'For --mode=eval: best, latest or a step.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (multi-host; automatic on '
+                  'TPU VMs when JAX_COORDINATOR_ADDRESS or a TPU pod is present).')
+flags.mark_flags_as_required(['config'])
+
+
+def default_workdir(config_flag_value: str) -> str:
+  """configs/shoes.py:cpu,no_shortcut -> workdir/shoes_cpu_no_shortcut."""
+  path, _, variants = config_flag_value.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  if variants:
+    name += '_' + variants.replace(',', '_')
+  return os.path.join('workdir', name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # Imported here so XLA flags from the environment apply first.
+  if FLAGS.distributed or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize()
+  from sbir_jax import train  # Heavy imports after distributed init.
+
+  workdir = FLAGS.workdir or default_workdir(_config_arg())
+  logging.info('Process %d/%d, %d devices, workdir %s', jax.process_index(),
+               jax.process_count(), jax.device_count(), workdir)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(FLAGS.config, workdir)
+  else:
+    train.evaluate(FLAGS.config, workdir, FLAGS.checkpoint)
+
+
+def _config_arg() -> str:
+  return FLAGS['config'].serialize().split('=', 1)[1]
+
+
+if __name__ == '__main__':
+  app.run(main)

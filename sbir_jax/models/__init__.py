@@ -1,0 +1,1 @@
+"""Flax linen models: Sketch-a-Net, DSSA and the learnable retrieval energies."""

@@ -1,0 +1,89 @@
+"""Learnable retrieval energies of DSSA (ICCV 2017, Sec. 3.3, HOLEF).
+
+Each energy gives D(s, p) between sketch and photo embeddings in two shapes:
+`pairwise` for every sketch against every photo (ranking, (B, N)) and
+`paired` for row-aligned pairs (triplet loss, (B,)). All are written so that
+no (B, d, d) tensor is formed:
+
+- euclidean:    sum_i (s_i - p_i)^2
+- weighted:     sum_i w_i (s_i - p_i)^2, w initialised to 1
+- mahalanobis:  ||M (s - p)||^2, i.e. W = M^T M, M initialised to I
+- holef:        sum_ij W_ij (s_i - p_j)^2, W initialised to I. Expanding the
+                square gives r.s^2 + c.p^2 - 2 s^T W p with r, c the row and
+                column sums of W: one matrix product for all pairs.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ENERGIES = ('euclidean', 'weighted', 'mahalanobis', 'holef')
+
+
+def _squared_norms(x_BxD: jax.Array) -> jax.Array:
+  return jnp.sum(x_BxD * x_BxD, axis=-1)
+
+
+class Energy(nn.Module):
+  """The energy named by `kind`, with its learnable parameters (if any)."""
+  kind: str
+  dim: int
+
+  def setup(self):
+    if self.kind not in ENERGIES:
+      raise ValueError(f'Unknown energy {self.kind!r}; choose one of {ENERGIES} '
+                       '(config.loss.energy).')
+    if self.kind == 'weighted':
+      self.w = self.param('w', nn.initializers.ones, (self.dim,))
+    elif self.kind in ('mahalanobis', 'holef'):
+      self.W = self.param('W', lambda _, shape: jnp.eye(shape[0]),
+                          (self.dim, self.dim))
+
+  def _weighted_inputs(self, s: jax.Array, p: jax.Array):
+    """Maps (s, p) so that the energy becomes squared Euclidean (or None)."""
+    if self.kind == 'euclidean':
+      return s, p
+    if self.kind == 'weighted':
+      root_w = jnp.sqrt(jnp.maximum(self.w, 0.0))
+      return s * root_w, p * root_w
+    if self.kind == 'mahalanobis':
+      return s @ self.W.T, p @ self.W.T
+    return None
+
+  def pairwise(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
+    """Energy of every sketch against every photo, (B, N)."""
+    mapped = self._weighted_inputs(s_BxD, p_NxD)
+    if mapped is not None:
+      s, p = mapped
+      return (_squared_norms(s)[:, None] + _squared_norms(p)[None, :]
+              - 2.0 * s @ p.T)
+    row_sums, col_sums = self.W.sum(axis=1), self.W.sum(axis=0)
+    return ((s_BxD ** 2) @ row_sums)[:, None] + ((p_NxD ** 2) @ col_sums)[None, :] \
+        - 2.0 * s_BxD @ self.W @ p_NxD.T
+
+  def paired(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
+    """Energy of row-aligned pairs, (B,)."""
+    mapped = self._weighted_inputs(s_BxD, p_BxD)
+    if mapped is not None:
+      s, p = mapped
+      return _squared_norms(s - p)
+    row_sums, col_sums = self.W.sum(axis=1), self.W.sum(axis=0)
+    return ((s_BxD ** 2) @ row_sums + (p_BxD ** 2) @ col_sums
+            - 2.0 * jnp.sum((s_BxD @ self.W) * p_BxD, axis=-1))
+
+  def regulariser(self) -> jax.Array:
+    """||W - I||_1 + ||W - I||_F for HOLEF (0 for the other energies)."""
+    if self.kind != 'holef':
+      return jnp.zeros(())
+    delta = self.W - jnp.eye(self.dim)
+    # Clamped so the gradient at W = I (the initial value) is 0, not NaN.
+    frobenius = jnp.sqrt(jnp.maximum(jnp.sum(delta * delta), 1e-12))
+    return jnp.sum(jnp.abs(delta)) + frobenius
+
+  def __call__(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
+    return self.pairwise(s_BxD, p_NxD)
+
+
+def holef_literal(W_DxD: jax.Array, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
+  """The HOLEF definition by outer subtraction; (B, N, D, D): for tests only."""
+  diff = s_BxD[:, None, :, None] - p_NxD[None, :, None, :]
+  return jnp.sum(W_DxD * diff ** 2, axis=(-2, -1))

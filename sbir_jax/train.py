@@ -1,0 +1,194 @@
+"""train_and_evaluate(config, workdir): the training loop, read top to bottom.
+
+mesh -> task (data, model, loss) -> state (new, or resumed from the workdir)
+-> jitted step -> periodic validation + checkpoint -> test on the best
+checkpoint -> results.json. Randomness is fold_in(seed, step): resuming from
+a checkpoint replays exactly the steps an uninterrupted run would take.
+"""
+import json
+import math
+import time
+from typing import Any, Optional
+
+import flax.training.train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+
+from sbir_jax import checkpointing
+from sbir_jax import sharding
+from sbir_jax import tasks
+
+TrainState = flax.training.train_state.TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf."""
+
+
+def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  if opt.name == 'sgd':
+    tx = optax.sgd(opt.learning_rate, momentum=opt.momentum or None)
+  elif opt.name == 'adam':
+    tx = optax.adam(opt.learning_rate)
+  else:
+    raise ValueError(f'config.optimizer.name={opt.name!r}; use sgd or adam.')
+  chain = []
+  if opt.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  if opt.weight_decay:
+    chain.append(optax.add_decayed_weights(opt.weight_decay))
+  return optax.chain(*chain, tx)
+
+
+def create_state(task, config, mesh) -> TrainState:
+  """A fresh train state, created by a jitted init directly replicated on mesh."""
+  tx = make_optimizer(config.optimizer)
+
+  def init(rng):
+    params = task.init_params(rng)
+    return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
+
+  rng = jax.random.key(config.seed)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+
+
+def make_train_step(task, config, mesh):
+  """One jitted SGD step; state donated, batch sharded on `data`."""
+  base_rng = jax.random.key(config.seed)
+
+  def train_step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(base_rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+        state.params, batch, rng)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return state.apply_gradients(grads=grads), metrics
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated))
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  loss = float(metrics['loss'])
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f'Loss is {loss} at step {step}. Lower config.optimizer.learning_rate '
+        '(or set config.optimizer.grad_clip_norm, or config.input_scale=1/255). '
+        'Checkpoints written before this step are intact; rerun to resume.')
+
+
+def _write_results(workdir: str, update: dict) -> None:
+  """Merges `update` into <workdir>/results.json (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / 'results.json'
+  results = json.loads(path.read_text()) if path.exists() else {}
+  results.update(update)
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+  tmp.rename(path)  # Atomic: a kill never leaves a half-written results file.
+
+
+def evaluate_checkpoint(task, state, manager, which, splits) -> tuple[int, dict]:
+  step = checkpointing.resolve_step(manager, which)
+  state = checkpointing.restore(manager, step, state)
+  metrics = {}
+  for split in splits:
+    metrics.update({f'{split}_{k}': v for k, v in
+                    task.evaluate(state.params, split).items()})
+  return step, metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_steps: Optional[int] = None) -> dict:
+  """Trains (resuming if the workdir has a checkpoint), then tests the best.
+
+  `stop_after_steps` ends the loop early as a kill would (for tests).
+  """
+  workdir = str(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+  # --- Mesh, task, state ------------------------------------------------------
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size)
+  task = tasks.get_task(config, mesh)
+  state = create_state(task, config, mesh)
+  manager = checkpointing.make_manager(workdir, config.keep_latest)
+  start_step = 0
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, manager.latest_step(), state)
+    start_step = int(state.step)
+    logging.info('Resumed from step %d in %s', start_step, workdir)
+  train_step = make_train_step(task, config, mesh)
+  has_val = 'val' in task.splits
+
+  # --- Loop -------------------------------------------------------------------
+  total = config.num_train_steps
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  batches = task.train_batches(start_step)
+  start_time, pending, history = time.time(), None, []
+  for step in range(start_step + 1, total + 1):
+    if stop_after_steps is not None and step > start_step + stop_after_steps:
+      manager.wait_until_finished()
+      return {}
+    batch = sharding.to_global(next(batches), mesh)
+    state, metrics = train_step(state, batch)
+    # Fetch step N-1's metrics after step N is dispatched: no device stall.
+    if pending is not None:
+      _check_finite(*pending)
+      history.append(pending[1])
+    pending = (step, metrics)
+    report(step)
+    if step % config.log_every_steps == 0 or step == total:
+      _check_finite(*pending)
+      summary = {k: float(np.mean([float(m[k]) for m in history + [metrics]]))
+                 for k in metrics}
+      writer.write_scalars(step, summary)
+      history = []
+    if step % config.checkpoint_every_steps == 0 or step == total:
+      _check_finite(*pending)
+      val = ({f'val_{k}': v for k, v in task.evaluate(state.params, 'val').items()}
+             if has_val else {})
+      writer.write_scalars(step, val)
+      checkpointing.save(manager, state, val or None)
+      logging.info('step %d: %s', step, val)
+  manager.wait_until_finished()
+  train_seconds = time.time() - start_time
+
+  # --- Test on the checkpoint selected on validation --------------------------
+  which = 'best' if has_val else 'latest'
+  step, metrics = evaluate_checkpoint(task, state, manager, which, ['test'])
+  results = {'selected_checkpoint': which, 'selected_step': step,
+             'train_seconds_this_run': train_seconds, 'trained_steps': total,
+             'devices': jax.device_count(), 'platform': jax.default_backend(),
+             **metrics}
+  writer.write_scalars(step, metrics)
+  writer.flush()
+  _write_results(workdir, {'train': results})
+  logging.info('Test on %s checkpoint (step %d): %s', which, step, metrics)
+  return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             checkpoint: str = 'best') -> dict:
+  """--mode=eval: restore a checkpoint and evaluate it on val (if any) and test."""
+  mesh = sharding.make_mesh()
+  task = tasks.get_task(config, mesh)
+  state = create_state(task, config, mesh)
+  manager = checkpointing.make_manager(workdir, config.keep_latest, read_only=True)
+  splits = [s for s in ('val', 'test') if s in task.splits]
+  step, metrics = evaluate_checkpoint(task, state, manager, checkpoint, splits)
+  results = {'checkpoint': checkpoint, 'step': step, **metrics}
+  _write_results(workdir, {f'eval_{checkpoint}': results})
+  logging.info('Eval of %s checkpoint (step %d): %s', checkpoint, step, metrics)
+  return results
