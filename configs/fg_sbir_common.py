@@ -39,7 +39,11 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   elif variant == 'cpu':
     # Finishes training + test on a 2-core CPU in under 30 minutes: inputs
     # resized 256 -> 144 and cropped to 129 (conv5 map 3x3 instead of 7x7),
-    # smaller batches and steps. Everything else is the paper's model.
+    # smaller batches and steps, Adam on [0, 1]-scaled inputs, and true-match
+    # positives (the annotated hard pairs did not start learning within this
+    # budget: triplet order accuracy stayed at chance for 150 steps).
+    # Everything else is the paper's model and loss.
+    config.data.triplet_sampling = 'true_match'
     config.data.load_size = 144
     config.data.crop_size = 129
     config.batch_size = 32

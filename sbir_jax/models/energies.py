@@ -43,7 +43,7 @@ class Energy(nn.Module):
     if self.kind == 'euclidean':
       return s, p
     if self.kind == 'weighted':
-      root_w = jnp.sqrt(jnp.maximum(self.w, 0.0))
+      root_w = jnp.sqrt(jnp.maximum(self.w, 0.0))[None, :]
       return s * root_w, p * root_w
     if self.kind == 'mahalanobis':
       return s @ self.W.T, p @ self.W.T
@@ -86,4 +86,4 @@ class Energy(nn.Module):
 def holef_literal(W_DxD: jax.Array, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
   """The HOLEF definition by outer subtraction; (B, N, D, D): for tests only."""
   diff = s_BxD[:, None, :, None] - p_NxD[None, :, None, :]
-  return jnp.sum(W_DxD * diff ** 2, axis=(-2, -1))
+  return jnp.sum(W_DxD[None, None] * diff ** 2, axis=(-2, -1))

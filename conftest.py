@@ -1,0 +1,42 @@
+"""Test setup: 8 simulated CPU devices (set before JAX starts) and the data root.
+
+The real data lives outside the repo (default ../shared/data; set
+SBIR_JAX_DATA to move it). Where it is absent, data tests skip and say how to
+get it; with SBIR_JAX_REQUIRE_DATA=1 (as .ci/run sets) they fail instead.
+"""
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault('SBIR_JAX_DATA', os.path.join(REPO, '..', 'shared', 'data'))
+DATA_ROOT = os.environ['SBIR_JAX_DATA']
+
+
+def _require(relative: str) -> str:
+  path = os.path.join(DATA_ROOT, relative)
+  if not os.path.isdir(path):
+    message = (f'Real data not found at {path}. Put the QMUL V1 files there '
+               '(see README "Data"), or set SBIR_JAX_DATA to the folder that '
+               'holds qmul_v1/.')
+    if os.environ.get('SBIR_JAX_REQUIRE_DATA') == '1':
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope='session')
+def qmul_v1_dir() -> str:
+  return _require('qmul_v1')
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory) -> str:
+  """One prepared TFDS data dir shared by all tests of a run."""
+  return str(tmp_path_factory.mktemp('tfds'))
