@@ -94,7 +94,7 @@ def _write_results(workdir: str, update: dict) -> None:
   results.update(update)
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-  tmp.rename(path)  # Atomic: a kill never leaves a half-written results file.
+  tmp.replace(path)  # Atomic: a kill never leaves a half-written results file.
 
 
 def evaluate_checkpoint(task, state, manager, which, splits) -> tuple[int, dict]:

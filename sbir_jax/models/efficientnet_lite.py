@@ -1,0 +1,147 @@
+"""EfficientNet-Lite0 (Tan & Le, EfficientNet, ICML 2019; the "Lite" variant).
+
+The Lite variants drop squeeze-excite, use ReLU6 instead of swish and keep the
+stem and head fixed at 32 and 1280 channels. Lite0 is the B0 layout at
+224x224: stem conv 3x3/2 -> 16 MBConv blocks (7 stages below) -> head conv
+1x1 to 1280 -> global average pool -> fc 1000. Padding is TensorFlow's SAME
+(the ImageNet weights were trained in TF): `lax`'s 'SAME' is the same rule,
+putting the odd extra row/column of a stride-2 conv at the bottom/right.
+
+Submodule names mirror the EfficientNet-PyTorch state dict (`conv_stem`,
+`bn0`, `blocks_N/{expand_conv,bn0,depthwise_conv,bn1,project_conv,bn2}`,
+`conv_head`, `bn1`, `fc`) so `convert_efficientnet.py` maps them one to one.
+"""
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INPUT_SIZE = 224
+FEATURE_DIM = 1280
+
+# (repeats, kernel, stride, expand_ratio, out_channels) per stage.
+STAGES: Sequence[tuple[int, int, int, int, int]] = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+STEM_CHANNELS = 32
+
+# torch BatchNorm momentum 0.01 (TF decay 0.99) is flax momentum 0.99.
+_BN_MOMENTUM = 0.99
+_BN_EPSILON = 1e-3
+
+
+def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
+  return nn.BatchNorm(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
+
+
+def _conv(features: int, kernel: int, stride: int = 1, groups: int = 1,
+          name: Optional[str] = None) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME',
+                 feature_group_count=groups, use_bias=False, name=name)
+
+
+def block_configs() -> list[dict[str, int]]:
+  """The 16 MBConv blocks: in/out channels, kernel, stride, expansion."""
+  configs, channels = [], STEM_CHANNELS
+  for repeats, kernel, stride, expand, out in STAGES:
+    for i in range(repeats):
+      # Only the first block of a stage changes stride and width.
+      configs.append(dict(in_channels=channels, out_channels=out, kernel=kernel,
+                          stride=stride if i == 0 else 1, expand_ratio=expand))
+      channels = out
+  return configs
+
+
+def preprocess(images_uint8: jax.Array) -> jax.Array:
+  """(B, H, W, 3) uint8 RGB -> float32 (x - 127) / 128 at 224x224.
+
+  This is the scaling the TF Lite models were trained with; ImageNet mean/std
+  scaling scored a few points lower on real photos. Other sizes are resized
+  (bilinear, antialiased); for exact control resize before calling this.
+  """
+  x = (jnp.asarray(images_uint8, jnp.float32) - 127.0) / 128.0
+  b, h, w, c = x.shape
+  if (h, w) != (INPUT_SIZE, INPUT_SIZE):
+    x = jax.image.resize(x, (b, INPUT_SIZE, INPUT_SIZE, c), 'bilinear')
+  return x
+
+
+class MBConvBlock(nn.Module):
+  """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project (no SE)."""
+  in_channels: int
+  out_channels: int
+  kernel: int
+  stride: int
+  expand_ratio: int
+  drop_connect_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
+    x = x_BxHxWxC
+    hidden = self.in_channels * self.expand_ratio
+    if self.expand_ratio != 1:  # Block 0 has no expand conv (and no bn0).
+      x = _conv(hidden, 1, name='expand_conv')(x)
+      x = jax.nn.relu6(_batch_norm('bn0')(x, use_running_average=not train))
+    x = _conv(hidden, self.kernel, self.stride, groups=hidden,
+              name='depthwise_conv')(x)
+    x = jax.nn.relu6(_batch_norm('bn1')(x, use_running_average=not train))
+    x = _conv(self.out_channels, 1, name='project_conv')(x)
+    x = _batch_norm('bn2')(x, use_running_average=not train)
+    if self.stride == 1 and self.in_channels == self.out_channels:
+      # Drop connect (stochastic depth): drop the whole branch per example.
+      x = nn.Dropout(self.drop_connect_rate, broadcast_dims=(1, 2, 3))(
+          x, deterministic=not train)
+      x = x + x_BxHxWxC
+    return x
+
+
+class EfficientNetLite0(nn.Module):
+  """EfficientNet-Lite0 on (B, 224, 224, 3) inputs from `preprocess`.
+
+  `__call__` gives ImageNet logits; `feature_map` the (B, 7, 7, 1280) map
+  after the head conv; `pooled_features` its (B, 1280) spatial mean. Call the
+  latter two with `model.apply(variables, x, method=...)`. With train=True,
+  BatchNorm uses batch statistics (pass mutable=['batch_stats']) and dropout
+  / drop connect need a 'dropout' rng (set both rates to 0 to avoid that).
+  """
+  num_classes: int = 1000
+  # The rates of the original Lite0 ImageNet training; only used with train.
+  dropout_rate: float = 0.2
+  drop_connect_rate: float = 0.2
+
+  def setup(self):
+    self.conv_stem = _conv(STEM_CHANNELS, 3, 2)
+    self.bn0 = _batch_norm()
+    configs = block_configs()
+    # The drop-connect rate grows linearly with depth, as in EfficientNet.
+    self.blocks = [
+        MBConvBlock(**cfg, drop_connect_rate=self.drop_connect_rate * i / len(configs))
+        for i, cfg in enumerate(configs)]
+    self.conv_head = _conv(FEATURE_DIM, 1)
+    self.bn1 = _batch_norm()
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.fc = nn.Dense(self.num_classes)
+
+  def feature_map(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
+    """Final (B, h, w, 1280) feature map, after head conv, BN and ReLU6."""
+    x = jax.nn.relu6(self.bn0(self.conv_stem(x_BxHxWx3),
+                              use_running_average=not train))
+    for block in self.blocks:
+      x = block(x, train=train)
+    return jax.nn.relu6(self.bn1(self.conv_head(x), use_running_average=not train))
+
+  def pooled_features(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
+    """(B, 1280) global average of `feature_map`: the backbone embedding."""
+    return jnp.mean(self.feature_map(x_BxHxWx3, train), axis=(1, 2))
+
+  def __call__(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
+    """(B, num_classes) logits."""
+    f_BxD = self.pooled_features(x_BxHxWx3, train)
+    return self.fc(self.dropout(f_BxD, deterministic=not train))
