@@ -16,24 +16,13 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault('SBIR_JAX_DATA', os.path.join(REPO, '..', 'shared', 'data'))
-DATA_ROOT = os.environ['SBIR_JAX_DATA']
 
-
-def _require(relative: str) -> str:
-  path = os.path.join(DATA_ROOT, relative)
-  if not os.path.isdir(path):
-    message = (f'Real data not found at {path}. Put the QMUL V1 files there '
-               '(see README "Data"), or set SBIR_JAX_DATA to the folder that '
-               'holds qmul_v1/.')
-    if os.environ.get('SBIR_JAX_REQUIRE_DATA') == '1':
-      pytest.fail(message)
-    pytest.skip(message)
-  return path
+from tests import helpers  # noqa: E402  (after SBIR_JAX_DATA is set)
 
 
 @pytest.fixture(scope='session')
 def qmul_v1_dir() -> str:
-  return _require('qmul_v1')
+  return helpers.require_data('qmul_v1')
 
 
 @pytest.fixture(scope='session')

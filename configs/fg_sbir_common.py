@@ -16,6 +16,12 @@ def default_data_root() -> str:
   return os.environ.get(DATA_ENV, os.path.join('..', 'shared', 'data'))
 
 
+def default_manual_dir(name: str) -> str:
+  """<data root>/<name> if present, else '' (the TFDS builder downloads)."""
+  path = os.path.join(default_data_root(), name)
+  return path if os.path.isdir(path) else ''
+
+
 def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   model, loss = config.model, config.loss
   if variant == 'base':  # Triplet SN: no attention, no CFF, Euclidean.
@@ -80,7 +86,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
 
   config.data = dict(
       dataset=dataset,
-      manual_dir=os.path.join(default_data_root(), 'qmul_v1'),
+      # Local copy of the files; '' = download them (see README "Data").
+      manual_dir=default_manual_dir('qmul_v1'),
       # None = TFDS default (~/tensorflow_datasets).
       tfds_data_dir=ml_collections.config_dict.placeholder(str),
       val_fraction=0.1,  # Sketches held out of train for checkpoint selection.

@@ -8,16 +8,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-SELECTION_METRIC = 'val_acc@1'
+DEFAULT_SELECTION_METRIC = 'val_acc@1'
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint where one was asked for."""
 
 
-def make_manager(workdir: str, keep_latest: int = 1,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  metric = lambda m: m[SELECTION_METRIC]
+def make_manager(workdir: str, keep_latest: int = 1, read_only: bool = False,
+                 selection_metric: str = DEFAULT_SELECTION_METRIC
+                 ) -> ocp.CheckpointManager:
+  """Keeps the `keep_latest` newest steps and the best by `selection_metric`."""
+  metric = lambda m: m[selection_metric]
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=keep_latest),
       pp.BestN(get_metric_fn=metric, n=1, keep_checkpoints_without_metrics=False),
@@ -26,7 +28,9 @@ def make_manager(workdir: str, keep_latest: int = 1,
   options = ocp.CheckpointManagerOptions(
       best_fn=metric, best_mode='max', preservation_policy=policy,
       create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(epath.Path(workdir) / 'checkpoints', options=options)
+  # Orbax needs an absolute path (a relative one fails in the async save).
+  directory = epath.Path(workdir).absolute() / 'checkpoints'
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(manager: ocp.CheckpointManager, state: Any,
@@ -37,13 +41,10 @@ def save(manager: ocp.CheckpointManager, state: Any,
 
 
 def best_step(manager: ocp.CheckpointManager) -> Optional[int]:
-  """The step with the highest validation acc@1 (the latest of ties)."""
-  scored = []
-  for step in manager.all_steps():
-    metrics = manager.metrics(step)
-    if metrics and SELECTION_METRIC in metrics:
-      scored.append((metrics[SELECTION_METRIC], step))
-  return max(scored)[1] if scored else None
+  """The step with the best selection metric, or None if none has metrics."""
+  if not any(manager.metrics(step) for step in manager.all_steps()):
+    return None
+  return manager.best_step()
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: Union[str, int]) -> int:

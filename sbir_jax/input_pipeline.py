@@ -6,10 +6,11 @@ run resumed at step s sees exactly the batches an uninterrupted run would.
 Images stay uint8 up to the device; `normalize` runs inside the jitted step.
 """
 import dataclasses
-from typing import Iterator, Optional
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -77,8 +78,13 @@ def build_builder(data: ml_collections.ConfigDict):
         'to the folder holding shoes/, handbags/ (or chairs/), e.g. '
         '../shared/data/qmul_v1, or set SBIR_JAX_DATA to the folder holding '
         'qmul_v1/, or set it to "" to download the files.')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  # One process prepares; the others wait, then read what it wrote.
+  if jax.process_index() == 0:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('qmul_v1 prepared')
+    builder = qmul_v1.QmulV1(config=data.dataset, data_dir=data.tfds_data_dir)
   return builder
 
 

@@ -15,8 +15,12 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                   'train: train (resuming), then test; eval: restore and evaluate.')
 flags.DEFINE_string('checkpoint', 'best', 'For --mode=eval: best, latest or a step.')
 flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() (multi-host; automatic on '
-                  'TPU VMs when JAX_COORDINATOR_ADDRESS or a TPU pod is present).')
+                  'Call jax.distributed.initialize() (multi-host). On TPU VMs '
+                  'it needs no other flag; elsewhere give the three below.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for --distributed off TPU/SLURM.')
+flags.DEFINE_integer('num_processes', None, 'For --distributed off TPU/SLURM.')
+flags.DEFINE_integer('process_id', None, 'For --distributed off TPU/SLURM.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -33,8 +37,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax  # Imported here so XLA flags from the environment apply first.
-  if FLAGS.distributed or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
+  if FLAGS.distributed:
+    # Collectives between CPU processes (tests, CPU clusters); TPU/GPU ignore it.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
   from sbir_jax import train  # Heavy imports after distributed init.
 
   workdir = FLAGS.workdir or default_workdir(_config_arg())

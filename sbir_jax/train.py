@@ -123,7 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding.check_batch_size(config.batch_size)
   task = tasks.get_task(config, mesh)
   state = create_state(task, config, mesh)
-  manager = checkpointing.make_manager(workdir, config.keep_latest)
+  manager = checkpointing.make_manager(workdir, config.keep_latest,
+                                       selection_metric=task.selection_metric)
   start_step = 0
   if manager.latest_step() is not None:
     state = checkpointing.restore(manager, manager.latest_step(), state)
@@ -185,7 +186,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   task = tasks.get_task(config, mesh)
   state = create_state(task, config, mesh)
-  manager = checkpointing.make_manager(workdir, config.keep_latest, read_only=True)
+  manager = checkpointing.make_manager(workdir, config.keep_latest, read_only=True,
+                                       selection_metric=task.selection_metric)
   splits = [s for s in ('val', 'test') if s in task.splits]
   step, metrics = evaluate_checkpoint(task, state, manager, checkpoint, splits)
   results = {'checkpoint': checkpoint, 'step': step, **metrics}

@@ -23,27 +23,11 @@ import pytest
 from sbir_jax import safe_pickle
 from sbir_jax.models import convert_efficientnet
 from sbir_jax.models import efficientnet_lite
+from tests import helpers
 
-DATA_ROOT = os.environ['SBIR_JAX_DATA']  # Set by conftest.py.
 AIRPLANE_CLASSES = {404, 895, 908}
 FOOTWEAR_CLASSES = {502, 514, 630, 770, 774}
 BATCH = 40  # One batch shape for every call, so the forward pass compiles once.
-
-
-def _skip_or_fail(message: str) -> None:
-  if os.environ.get('SBIR_JAX_REQUIRE_DATA') == '1':
-    pytest.fail(message)
-  pytest.skip(message)
-
-
-def _require(relative: str) -> str:
-  path = os.path.join(DATA_ROOT, relative)
-  if not os.path.exists(path):
-    _skip_or_fail(f'Real data not found at {path}. Put the shared data there '
-                  '(see ../shared/data/README.md for the public repositories '
-                  'it comes from), or set SBIR_JAX_DATA to the folder that '
-                  f'holds {relative.split("/")[0]}/.')
-  return path
 
 
 @pytest.fixture(scope='module')
@@ -51,7 +35,7 @@ def variables():
   try:
     return convert_efficientnet.load_pretrained()
   except FileNotFoundError as e:
-    _skip_or_fail(str(e))
+    helpers.skip_or_fail(str(e))
 
 
 @pytest.fixture(scope='module')
@@ -85,7 +69,7 @@ def _hit_rate(top5_ids: np.ndarray, classes: set[int]) -> float:
 
 def test_airplane_photos_are_airplanes(top5):
   paths = sorted(glob.glob(os.path.join(
-      _require('sketchy_airplane/image/airplane'), '*.jpg')))
+      helpers.require_data('sketchy_airplane/image/airplane'), '*.jpg')))
   assert len(paths) == 100
   rate = _hit_rate(top5(paths), AIRPLANE_CLASSES)
   print(f'airplane top-5 hit rate: {rate:.2f}')
@@ -94,7 +78,7 @@ def test_airplane_photos_are_airplanes(top5):
 
 def test_shoe_v1_photos_are_footwear(top5):
   paths = sorted(glob.glob(os.path.join(
-      _require('qmul_v1_rgb/shoes/test/images'), '*.jpg')))
+      helpers.require_data('qmul_v1_rgb/shoes/test/images'), '*.jpg')))
   assert len(paths) == 115
   rate = _hit_rate(top5(paths), FOOTWEAR_CLASSES)
   print(f'footwear top-5 hit rate: {rate:.3f}')
@@ -182,7 +166,7 @@ def test_plain_pickle_refuses_code_without_running_it(tmp_path):
 
 def test_plain_pickle_loads_chair_v2_coordinates():
   coords = safe_pickle.load_plain_pickle(
-      _require('qmul_chair_v2/ChairV2_Coordinate'))
+      helpers.require_data('qmul_chair_v2/ChairV2_Coordinate'))
   assert isinstance(coords, dict) and len(coords) == 1275
   assert all(v.dtype == np.float64 and v.ndim == 2 and v.shape[1] == 3
              for v in coords.values())

@@ -32,13 +32,18 @@ def build_model(config: ml_collections.ConfigDict) -> dssa.DSSA:
 
 class FgSbirTask:
   """Everything the trainer needs that is specific to FG-SBIR."""
+  selection_metric = 'val_acc@1'  # Checkpoint selection (ties: the latest).
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
     self.mesh = mesh
     self.model = build_model(config)
-    self.splits = input_pipeline.load_splits(config.data)
     self._views = {}  # split -> (sketch views, photo views), built once.
+
+  @functools.cached_property
+  def splits(self) -> dict[str, input_pipeline.PairSplit]:
+    """Loaded on first use, so model-only uses (benchmarks) need no data."""
+    return input_pipeline.load_splits(self.config.data)
 
   # --- model and loss ------------------------------------------------------
   def init_params(self, rng: jax.Array) -> Any:

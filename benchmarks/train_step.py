@@ -1,0 +1,69 @@
+"""Train-step throughput of DSSA (full model, HOLEF) at the paper's 225x225
+input and at the `cpu` variant's size. Prints one JSON object.
+
+  python -m benchmarks.train_step [--steps=5] [--batch_size=16]
+
+Uses the real jitted, sharded train step of sbir_jax.train on random uint8
+images (throughput does not depend on pixel values), so no data is needed.
+"""
+import json
+import platform
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from configs import fg_sbir_common
+from sbir_jax import sharding
+from sbir_jax import tasks
+from sbir_jax import train
+
+flags.DEFINE_integer('steps', 5, 'Timed steps per setting (after warm-up).')
+flags.DEFINE_integer('batch_size', 16, 'Triplets per step.')
+FLAGS = flags.FLAGS
+
+
+def measure(variant: str, batch_size: int, steps: int) -> dict:
+  config = fg_sbir_common.get_config('shoes', variant)
+  config.batch_size = batch_size
+  mesh = sharding.make_mesh()
+  task = tasks.get_task(config, mesh)
+  state = train.create_state(task, config, mesh)
+  step_fn = train.make_train_step(task, config, mesh)
+  size = config.data.crop_size
+  rng = np.random.default_rng(0)
+  batch = {k: rng.integers(0, 256, (batch_size, size, size, 1), dtype=np.uint8)
+           for k in ('sketch', 'positive', 'negative')}
+  batch = sharding.to_global(batch, mesh)
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
+  state, metrics = compiled(state, batch)  # Warm-up.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / steps
+  return {'variant': variant or 'paper', 'input_size': size,
+          'batch_size': batch_size, 'compile_seconds': round(compile_seconds, 2),
+          'seconds_per_step': round(seconds, 4),
+          'triplets_per_second': round(batch_size / seconds, 2)}
+
+
+def main(_):
+  results = [measure('', FLAGS.batch_size, FLAGS.steps),
+             measure('cpu', FLAGS.batch_size, FLAGS.steps)]
+  print(json.dumps({
+      'benchmark': 'dssa_train_step',
+      'backend': jax.default_backend(), 'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'machine': platform.machine(), 'processor': platform.processor(),
+      'jax': jax.__version__, 'results': results}, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

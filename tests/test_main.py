@@ -1,0 +1,47 @@
+"""The command line a user types: train, then --mode=eval, and its errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, env_extra=None):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, '-m', 'sbir_jax.main', *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_train_then_eval_latest(tmp_path, tfds_dir, qmul_v1_dir):
+  # A relative workdir, as users type it (Orbax itself needs absolute paths).
+  common = ['--config=configs/handbag.py:tiny',
+            f'--workdir={os.path.relpath(tmp_path, REPO)}',
+            f'--config.data.tfds_data_dir={tfds_dir}',
+            f'--config.data.manual_dir={qmul_v1_dir}']
+  trained = _run(*common)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  evaluated = _run(*common, '--mode=eval', '--checkpoint=latest')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['eval_latest']['step'] == 4
+  assert 0 <= results['eval_latest']['test_acc@1'] <= 100
+  assert results['eval_latest']['test_acc@1'] == pytest.approx(
+      results['train']['test_acc@1']) or results['train']['selected_step'] != 4
+
+
+def test_cli_unknown_config_key_fails_clearly(tmp_path):
+  run = _run('--config=configs/handbag.py:tiny', f'--workdir={tmp_path}',
+             '--config.model.atention=False')
+  assert run.returncode != 0
+  assert 'atention' in run.stderr
+
+
+def test_default_workdir_names_config_and_variants():
+  from sbir_jax import main
+  assert main.default_workdir('configs/shoes.py:cpu,no_shortcut') == os.path.join(
+      'workdir', 'shoes_cpu_no_shortcut')
+  assert main.default_workdir('configs/handbag.py') == os.path.join('workdir', 'handbag')
