@@ -40,6 +40,8 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     model.attention = False
   elif variant in ('euclidean', 'weighted', 'mahalanobis'):
     loss.energy = variant
+  elif variant in ('sampled_negatives', 'batch_negatives'):
+    config.loss.negatives = variant.split('_')[0]
   elif variant == 'true_match':
     config.data.triplet_sampling = 'true_match'
   elif variant == 'cpu':
@@ -47,13 +49,16 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # resized 256 -> 144 and cropped to 129 (conv5 map 3x3 instead of 7x7),
     # smaller batches and steps, Adam on [0, 1]-scaled inputs, and true-match
     # positives (the annotated hard pairs did not start learning within this
-    # budget: triplet order accuracy stayed at chance for 150 steps).
-    # Everything else is the paper's model and loss.
+    # budget: triplet order accuracy stayed at chance for 150 steps), with
+    # the batch's other photos as extra negatives (1,500 steps of sampled
+    # triplets reached 22.6 acc@1 on Shoe V1, short of the Dense-HOG
+    # baseline). Everything else is the paper's model and loss.
     config.data.triplet_sampling = 'true_match'
+    config.loss.negatives = 'batch'
+    config.num_train_steps = 1750
     config.data.load_size = 144
     config.data.crop_size = 129
     config.batch_size = 32
-    config.num_train_steps = 1500
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 1e-4
     config.input_scale = 1.0 / 255.0
@@ -75,7 +80,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     raise ValueError(
         f'Unknown config variant {variant!r}. Known: base, attention, cff, '
         'holef, full, no_shortcut, no_attention, euclidean, weighted, '
-        'mahalanobis, true_match, cpu, tiny.')
+        'mahalanobis, sampled_negatives, batch_negatives, true_match, cpu, tiny.')
 
 
 def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
@@ -117,6 +122,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
       energy='holef',
       margin=0.3,  # Released code's triplet margin; the paper is silent.
       holef_lambda=5e-4,  # Paper gives no value; our choice.
+      # 'sampled': one negative per triplet (paper). 'batch': every other
+      # photo of the batch is also a negative (more signal per image embedded).
+      negatives='sampled',
   )
   config.optimizer = dict(
       name='sgd', learning_rate=1e-3, momentum=0.9, weight_decay=0.0,

@@ -34,7 +34,8 @@ class PairSplit:
     return len(self.sketches)
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """(N, S, S, C) uint8 -> (N, size, size, C): the dataset's (antialiased) resize."""
   if images.shape[1] == size:
     return images
   resized = tf.image.resize(images, (size, size), antialias=True)
@@ -55,7 +56,8 @@ def _select(sketches, photos, triplets, keep: np.ndarray,
   padded = np.zeros((len(keep), width, 2), np.int32)
   for row, pairs in enumerate(kept_pairs):
     padded[row, :len(pairs)] = pairs
-  return PairSplit(_resize(sketches[keep], load_size), _resize(photos[keep], load_size),
+  return PairSplit(resize_images(sketches[keep], load_size),
+                   resize_images(photos[keep], load_size),
                    padded, np.array([len(p) for p in kept_pairs], np.int32))
 
 
@@ -126,7 +128,8 @@ def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
                     global_batch_size: int, seed: int, start_step: int = 0,
                     process_index: int = 0,
                     process_count: int = 1) -> tf.data.Dataset:
-  """Endless per-host batches of {'sketch','positive','negative'} uint8 crops."""
+  """Endless per-host batches: uint8 crops `sketch`, `positive`, `negative` and
+  their item ids `sketch_id`, `positive_id`, `negative_id`."""
   if data.triplet_sampling not in TRIPLET_SAMPLINGS:
     raise ValueError(f'config.data.triplet_sampling={data.triplet_sampling!r}; '
                      f'choose one of {TRIPLET_SAMPLINGS}.')
@@ -165,6 +168,10 @@ def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
         'sketch': _augment(sketches[anchor], s[5], data.crop_size, data.flip),
         'positive': _augment(photos[positive], s[6], data.crop_size, data.flip),
         'negative': _augment(photos[negative], s[7], data.crop_size, data.flip),
+        # Photo ids let a loss use the batch's other photos as negatives.
+        'sketch_id': tf.cast(anchor, tf.int32),
+        'positive_id': tf.cast(positive, tf.int32),
+        'negative_id': tf.cast(negative, tf.int32),
     }
 
   first = process_index * local_batch

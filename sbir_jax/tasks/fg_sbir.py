@@ -55,7 +55,11 @@ class FgSbirTask:
                                     self.config.input_scale)
 
   def loss_fn(self, params, batch: dict, rng: jax.Array):
-    """Triplet loss with the configured energy (+ the HOLEF regulariser)."""
+    """Triplet loss with the configured energy (+ the HOLEF regulariser).
+
+    Under jit over the mesh the batch is global, so with negatives='batch'
+    each anchor meets the photos of every device's shard.
+    """
     x = jnp.concatenate([batch['sketch'], batch['positive'], batch['negative']])
     emb = self.model.apply({'params': params}, self._normalize(x), True,
                            method=dssa.DSSA.embed, rngs={'dropout': rng})
@@ -63,7 +67,16 @@ class FgSbirTask:
     apply = functools.partial(self.model.apply, {'params': params})
     pos_e = apply(anchor, positive, method=dssa.DSSA.paired_energy)
     neg_e = apply(anchor, negative, method=dssa.DSSA.paired_energy)
-    hinge = losses.triplet_hinge(pos_e, neg_e, self.config.loss.margin)
+    margin = self.config.loss.margin
+    if self.config.loss.negatives == 'sampled':  # The paper's triplets.
+      hinge = losses.triplet_hinge(pos_e, neg_e, margin)
+    else:  # 'batch': every photo of the batch that is not the anchor's match.
+      photos = jnp.concatenate([positive, negative])
+      photo_ids = jnp.concatenate([batch['positive_id'], batch['negative_id']])
+      energy = apply(anchor, photos, method=dssa.DSSA.pairwise_energy)
+      valid = ((photo_ids[None, :] != batch['positive_id'][:, None])
+               & (photo_ids[None, :] != batch['sketch_id'][:, None]))
+      hinge = losses.batch_negatives_hinge(energy, pos_e, valid, margin)
     reg = self.config.loss.holef_lambda * apply(method=dssa.DSSA.energy_regulariser)
     metrics = {'hinge': hinge, 'energy_reg': reg,
                'triplet_order_acc': jnp.mean(pos_e < neg_e)}

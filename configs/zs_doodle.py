@@ -1,0 +1,61 @@
+"""Real-data check of ZS-SBIR here: QuickDraw doodles -> TU-Berlin sketches.
+
+Not the paper's benchmark (that needs the full Sketchy data: zs_sketchy.py).
+The 12 classes that the shared QuickDraw (14) and TU-Berlin (40) subsets have
+in common are split, once and for all, into 8 seen and 4 unseen classes.
+Queries are QuickDraw doodles (28x28, a few strokes: the sparse, abstract
+side, as sketches are to photos), the gallery is TU-Berlin sketches (150x150,
+detailed drawings: the richer side, playing the photos' role). The models
+learn doodle -> TU-Berlin features on the seen classes (pairs drawn within a
+class: the two sources have no instance-level pairs) and are tested on the
+unseen ones; features are the ImageNet EfficientNet-Lite0's.
+
+  train:  QuickDraw train doodles of the seen classes, paired with TU-Berlin
+          train sketches of the same class
+  val:    QuickDraw test doodles of the seen classes vs TU-Berlin test
+          sketches of the seen classes (checkpoint selection; never unseen)
+  test:   up to `max_queries_per_class` QuickDraw doodles (train + test files)
+          of each unseen class vs all 80 TU-Berlin sketches of each unseen class
+
+K is 50 (not the paper's 200): each unseen class has only 80 gallery items.
+Widths are the paper's scaled by 1280 / 4096 (the feature dimension ratio),
+so each model trains in a few minutes on a 2-core CPU.
+
+  python -m sbir_jax.main --config=configs/zs_doodle.py:cvae
+"""
+
+from configs import zs_sbir_common
+
+SEEN_CLASSES = ('ant', 'bicycle', 'cat', 'cloud', 'crown', 'elephant', 'lion', 'sheep')
+UNSEEN_CLASSES = ('butterfly', 'camel', 'helicopter', 'pizza')
+
+
+def get_config(arg=None):
+  config = zs_sbir_common.base_config()
+  config.data = dict(
+      source='doodle',
+      quickdraw_dir=zs_sbir_common.data_path('quickdraw_14'),
+      tu_berlin_dir=zs_sbir_common.data_path('tu_berlin_40'),
+      seen_classes=SEEN_CLASSES,
+      unseen_classes=UNSEEN_CLASSES,
+      max_train_sketches_per_class=0,  # 0 = all 289 training doodles.
+      max_queries_per_class=150,  # Unseen test queries per class (of 299).
+      semantic_file=zs_sbir_common.data_path('zeroshot_splits',
+                                             'semantic_labels_tuberlin.npy'),
+      vocab_file=zs_sbir_common.data_path('zeroshot_splits', 'vocab_tuberlin.txt'),
+  )
+  zs_sbir_common.scale_widths(config, config.features.dim)
+  config.model.disc_dims = (256, 256)
+  config.num_train_steps = 600  # ~33 epochs of the 2,312 training doodles.
+  config.checkpoint_every_steps = 100
+  config.log_every_steps = 50
+  config.eval.ks = (10, 50)
+  for variant in filter(None, (arg or '').split(',')):
+    if not zs_sbir_common.apply_variant(config, variant.strip()):
+      raise ValueError(f'Unknown config variant {variant!r}. Known: cvae, caae, '
+                       'regression, kmeans, tiny.')
+    if variant.strip() == 'tiny':
+      config.data.max_train_sketches_per_class = 20
+      config.data.max_queries_per_class = 10
+  config.lock()
+  return config
