@@ -36,6 +36,8 @@ def measure(variant: str, batch_size: int, steps: int) -> dict:
   rng = np.random.default_rng(0)
   batch = {k: rng.integers(0, 256, (batch_size, size, size, 1), dtype=np.uint8)
            for k in ('sketch', 'positive', 'negative')}
+  batch.update({k: rng.integers(0, 300, (batch_size,), dtype=np.int32)
+                for k in ('sketch_id', 'positive_id', 'negative_id')})
   batch = sharding.to_global(batch, mesh)
 
   start = time.perf_counter()

@@ -86,3 +86,17 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> Any
         'step folder to fall back to an earlier one, or evaluate with the '
         'config that trained it.') from e
   return flax.serialization.from_state_dict(target_state, restored)
+
+
+def load_on_one_device(workdir: str, step: Optional[int] = None) -> Any:
+  """The saved state dict of `step` (default latest) on this process's first
+  device, whatever topology saved it (e.g. a TPU pod checkpoint on a laptop)."""
+  manager = make_manager(workdir, read_only=True)
+  step = resolve_step(manager, 'latest' if step is None else step)
+  path = epath.Path(manager.directory) / str(step) / 'default'
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  return checkpointer.restore(path, abstract)

@@ -1,4 +1,9 @@
-"""Entry point: python -m sbir_jax.main --config=configs/handbag.py[:variants]."""
+"""Entry point: python -m sbir_jax.main --config=configs/handbag.py[:variants].
+
+--mode=train (default) trains then tests; --mode=eval evaluates a checkpoint;
+--mode=retrieve --query=<sketch file> [--gallery=test|<folder>|<file.npz>]
+[--top_k=10] searches a gallery with a checkpoint (sbir_jax/retrieval.py).
+"""
 import os
 
 from absl import app
@@ -11,9 +16,16 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant
                                 lock_config=True)
 flags.DEFINE_string('workdir', None,
                     'Output folder (default ./workdir/<config>[_<variants>]).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                  'train: train (resuming), then test; eval: restore and evaluate.')
-flags.DEFINE_string('checkpoint', 'best', 'For --mode=eval: best, latest or a step.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'retrieve'],
+                  'train: train (resuming), then test; eval: restore and evaluate; '
+                  'retrieve: answer --query from --gallery with a checkpoint.')
+flags.DEFINE_string('checkpoint', 'best',
+                    'For --mode=eval/retrieve: best, latest or a step.')
+flags.DEFINE_string('query', None, 'For --mode=retrieve: a sketch image file.')
+flags.DEFINE_string('gallery', 'test',
+                    "For --mode=retrieve: 'test' (the task's test photos), a "
+                    'folder of photos, or a gallery .npz written before.')
+flags.DEFINE_integer('top_k', 10, 'For --mode=retrieve: results to show.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() (multi-host). On TPU VMs '
                   'it needs no other flag; elsewhere give the three below.')
@@ -36,6 +48,8 @@ def default_workdir(config_flag_value: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.mode == 'retrieve' and not FLAGS.query:
+    raise app.UsageError('--mode=retrieve needs --query=<sketch image file>.')
   import jax  # Imported here so XLA flags from the environment apply first.
   if FLAGS.distributed:
     # Collectives between CPU processes (tests, CPU clusters); TPU/GPU ignore it.
@@ -50,8 +64,18 @@ def main(argv):
                jax.process_count(), jax.device_count(), workdir)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, workdir)
-  else:
+  elif FLAGS.mode == 'eval':
     train.evaluate(FLAGS.config, workdir, FLAGS.checkpoint)
+  else:
+    from sbir_jax import retrieval
+    result = retrieval.retrieve(FLAGS.config, workdir, FLAGS.query, FLAGS.gallery,
+                                FLAGS.top_k, FLAGS.checkpoint)
+    found = (f"true match {result['true_match']} at rank {result['true_match_rank']}"
+             if result['true_match'] else 'true match unknown')
+    print(f"Top {len(result['top'])} of {result['gallery_size']} ({found}): "
+          f"{result['grid_png']}")
+    if result['attention_png']:
+      print(f"Attention: {result['attention_png']}")
 
 
 def _config_arg() -> str:

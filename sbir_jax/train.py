@@ -48,23 +48,36 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def create_state(task, config, mesh) -> TrainState:
-  """A fresh train state, created by a jitted init directly replicated on mesh."""
-  tx = make_optimizer(config.optimizer)
+  """A fresh train state, created by a jitted init directly replicated on mesh.
 
-  def init(rng):
-    params = task.init_params(rng)
-    return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
+  A task with a `create_state(rng)` method builds its own state (e.g. several
+  optimisers, BatchNorm statistics); it must have `step` and `params`.
+  """
+  if hasattr(task, 'create_state'):
+    init = task.create_state
+  else:
+    tx = make_optimizer(config.optimizer)
+
+    def init(rng):
+      params = task.init_params(rng)
+      return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
 
   rng = jax.random.key(config.seed)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
 
 def make_train_step(task, config, mesh):
-  """One jitted SGD step; state donated, batch sharded on `data`."""
+  """One jitted SGD step; state donated, batch sharded on `data`.
+
+  A task with a `train_step(state, batch, rng) -> (state, metrics with 'loss')`
+  method supplies its own update (e.g. CAAE's two optimisers).
+  """
   base_rng = jax.random.key(config.seed)
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(base_rng, state.step)
+    if hasattr(task, 'train_step'):
+      return task.train_step(state, batch, rng)
     (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
         state.params, batch, rng)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
@@ -95,6 +108,12 @@ def _write_results(workdir: str, update: dict) -> None:
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
   tmp.replace(path)  # Atomic: a kill never leaves a half-written results file.
+
+
+def _write_task_outputs(task, workdir: str) -> None:
+  """Task-specific files (e.g. example pictures), for tasks that define them."""
+  if jax.process_index() == 0 and hasattr(task, 'write_outputs'):
+    task.write_outputs(workdir)
 
 
 def evaluate_checkpoint(task, state, manager, which, splits) -> tuple[int, dict]:
@@ -176,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.write_scalars(step, metrics)
   writer.flush()
   _write_results(workdir, {'train': results})
+  _write_task_outputs(task, workdir)
   logging.info('Test on %s checkpoint (step %d): %s', which, step, metrics)
   return results
 
@@ -192,5 +212,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   step, metrics = evaluate_checkpoint(task, state, manager, checkpoint, splits)
   results = {'checkpoint': checkpoint, 'step': step, **metrics}
   _write_results(workdir, {f'eval_{checkpoint}': results})
+  _write_task_outputs(task, workdir)
   logging.info('Eval of %s checkpoint (step %d): %s', checkpoint, step, metrics)
   return results

@@ -18,10 +18,8 @@ def config(tfds_dir, qmul_v1_dir):
 
 
 def _latest_params(workdir, config):
-  manager = checkpointing.make_manager(workdir, read_only=True)
-  step = manager.latest_step()
-  restored = manager.restore(step)
-  return step, restored['params']
+  restored = checkpointing.load_on_one_device(workdir)
+  return int(restored['step']), restored['params']
 
 
 def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path):
