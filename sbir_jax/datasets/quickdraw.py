@@ -1,0 +1,61 @@
+"""QuickDraw doodles (Jongejan et al., 2016) from the 28x28 numpy bitmaps.
+
+Layout (../shared/data/quickdraw_14, and Google's `numpy_bitmap` files):
+`<root>/quickdraw-<split>/<class>.npy`, uint8 (N, 784), white strokes on
+black. The loader inverts them to dark strokes on white, the look of the
+other sketch sources (TU-Berlin, Sketchy) and of the images the backbone
+features were checked on.
+"""
+import os
+from typing import Sequence
+
+import numpy as np
+
+from sbir_jax import image_sets
+
+SIDE = 28
+
+
+def _folder(root: str, split: str) -> str:
+  return os.path.join(root, f'quickdraw-{split}')
+
+
+def classes(root: str, split: str = 'train') -> list[str]:
+  folder = _folder(root, split)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(
+        f'QuickDraw folder {folder!r} not found. Point config.data.quickdraw_dir '
+        'at the folder holding quickdraw-train/<class>.npy (e.g. '
+        '../shared/data/quickdraw_14).')
+  return sorted(f[:-4] for f in os.listdir(folder) if f.endswith('.npy'))
+
+
+def load_bitmaps(path: str) -> np.ndarray:
+  """(N, 28, 28) uint8, strokes dark on white."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not a QuickDraw .npy bitmap file ({e}).') from e
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != SIDE * SIDE:
+    raise ValueError(f'{path} holds {data.dtype} {data.shape}; QuickDraw bitmaps '
+                     f'are uint8 (N, {SIDE * SIDE}).')
+  return 255 - data.reshape(-1, SIDE, SIDE)
+
+
+def load(root: str, splits: Sequence[str] = ('train', 'test'),
+         class_names: Sequence[str] | None = None) -> image_sets.ImageSet:
+  bitmaps, ids, labels = [], [], []
+  for split in splits:
+    present = classes(root, split)
+    names = present if class_names is None else list(class_names)
+    missing = [c for c in names if c not in present]
+    if missing:
+      raise FileNotFoundError(f'QuickDraw {_folder(root, split)} has no '
+                              f'{[c + ".npy" for c in missing]}.')
+    for name in names:
+      images = load_bitmaps(os.path.join(_folder(root, split), f'{name}.npy'))
+      bitmaps.append(images)
+      ids.extend(f'{split}/{name}/{i:06d}' for i in range(len(images)))
+      labels.extend([name] * len(images))
+  return image_sets.ImageSet('quickdraw', np.array(ids), np.array(labels),
+                             image_sets.array_reader(np.concatenate(bitmaps)))

@@ -1,0 +1,112 @@
+"""Category-level retrieval metrics: precision@K, mAP@K (two definitions), mAP@all.
+
+Used by zero-shot SBIR (Yelamarthi et al., ECCV 2018, section 5): a gallery
+item is relevant to a query when it has the query's class.
+
+Ranking and ties: the gallery is sorted by score, higher first (similarity,
+e.g. cosine; pass `-distance` for distances). Items with exactly equal scores
+keep their gallery order (a stable sort), so the ranking, and every metric,
+is deterministic. With real-valued features exact ties are rare; the tests
+pin this rule on hand-made rankings.
+
+Definitions, for one query with relevance r_1..r_n in rank order:
+  P@K         = (1/K) sum_{i<=K} r_i.
+  AP@K        (standard) = sum_{i<=K} r_i * P@i / (sum_{i<=K} r_i), and 0 when
+              no relevant item is in the top K.
+  AP@K /K     (the released ZS-SBIR code) = sum_{i<=K} r_i * P@i / K. It is
+              never above the standard AP@K and reaches 1 only if all K
+              retrieved items are relevant.
+  AP@all      = AP@n with n the gallery size: the usual mAP (the denominator
+              is then every relevant item in the gallery).
+Every metric is the mean over queries.
+"""
+from typing import Sequence
+
+import numpy as np
+
+
+def ranked_relevance(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
+                     gallery_labels_G: np.ndarray,
+                     k: int | None = None) -> np.ndarray:
+  """(Q, k) bool: is the i-th ranked gallery item of the query's class.
+
+  Ties in score keep gallery order (stable sort). k=None ranks the whole gallery.
+  """
+  scores_QxG = np.asarray(scores_QxG)
+  query_labels_Q = np.asarray(query_labels_Q)
+  gallery_labels_G = np.asarray(gallery_labels_G)
+  if scores_QxG.ndim != 2 or scores_QxG.shape != (len(query_labels_Q),
+                                                  len(gallery_labels_G)):
+    raise ValueError(f'scores must be (queries, gallery) = ({len(query_labels_Q)}, '
+                     f'{len(gallery_labels_G)}); got {scores_QxG.shape}.')
+  order_QxG = np.argsort(-scores_QxG, axis=1, kind='stable')
+  if k is not None:
+    order_QxG = order_QxG[:, :k]
+  return gallery_labels_G[order_QxG] == query_labels_Q[:, None]
+
+
+def precision_at_k(relevance_QxN: np.ndarray, k: int) -> np.ndarray:
+  """(Q,) P@K. If the gallery has fewer than K items, missing ranks count as misses."""
+  return relevance_QxN[:, :k].sum(axis=1) / k
+
+
+def average_precision(relevance_QxN: np.ndarray, k: int | None = None,
+                      divide_by_k: bool = False) -> np.ndarray:
+  """(Q,) AP@K from ranked relevance; k=None uses every rank given (AP@all).
+
+  divide_by_k=True is the released ZS-SBIR code's variant (sum / K).
+  """
+  rel = np.asarray(relevance_QxN, np.float64)
+  if k is not None:
+    rel = rel[:, :k]
+  ranks = np.arange(1, rel.shape[1] + 1)
+  precision_at_i = np.cumsum(rel, axis=1) / ranks
+  total = np.sum(precision_at_i * rel, axis=1)
+  if divide_by_k:
+    if k is None:
+      raise ValueError('divide_by_k needs a k.')
+    return total / k
+  hits = rel.sum(axis=1)
+  return np.divide(total, hits, out=np.zeros_like(total), where=hits > 0)
+
+
+def per_query_metrics(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
+                      gallery_labels_G: np.ndarray,
+                      ks: Sequence[int]) -> dict[str, np.ndarray]:
+  """Per-query P@K, mAP@K (both definitions) for each K, and mAP@all."""
+  rel = ranked_relevance(scores_QxG, query_labels_Q, gallery_labels_G)
+  out = {'mAP@all': average_precision(rel)}
+  for k in ks:
+    out[f'P@{k}'] = precision_at_k(rel, k)
+    out[f'mAP@{k}'] = average_precision(rel, k)
+    out[f'mAP@{k}_div_k'] = average_precision(rel, k, divide_by_k=True)
+  return out
+
+
+def retrieval_metrics(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
+                      gallery_labels_G: np.ndarray,
+                      ks: Sequence[int]) -> dict[str, float]:
+  """Mean over queries of `per_query_metrics`."""
+  return {name: float(np.mean(v)) for name, v in
+          per_query_metrics(scores_QxG, query_labels_Q, gallery_labels_G, ks).items()}
+
+
+class MetricAccumulator:
+  """Means of per-query metrics over query chunks (large galleries)."""
+
+  def __init__(self, gallery_labels_G: np.ndarray, ks: Sequence[int]):
+    self.gallery_labels_G = np.asarray(gallery_labels_G)
+    self.ks = tuple(ks)
+    self._sums: dict[str, float] = {}
+    self._count = 0
+
+  def add(self, scores_QxG: np.ndarray, query_labels_Q: np.ndarray) -> None:
+    for name, v in per_query_metrics(scores_QxG, query_labels_Q,
+                                     self.gallery_labels_G, self.ks).items():
+      self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(v))
+    self._count += len(query_labels_Q)
+
+  def result(self) -> dict[str, float]:
+    if not self._count:
+      raise ValueError('No queries were evaluated.')
+    return {name: total / self._count for name, total in self._sums.items()}

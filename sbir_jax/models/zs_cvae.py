@@ -1,0 +1,109 @@
+"""CVAE for zero-shot SBIR (Yelamarthi et al., ECCV 2018, section 4.1).
+
+A conditional VAE over photo features x_img given sketch features x_sketch:
+
+  encoder q(z | x_img, x_sketch): concat -> 4096 ReLU -> BN -> dropout 0.3
+          -> 2048 ReLU -> BN -> mu, logvar (1024 each, tanh)
+  decoder p(x_img | z, x_sketch): concat(z, x_sketch) -> 2048 ReLU -> photo
+          feature (ReLU: fc7 features are non-negative)
+  sketch-reconstruction regulariser: x_img_hat -> 2048 ReLU -> sketch feature
+          (ReLU), weighted 10 (the paper's lambda; the released code's 10)
+
+Loss per example (released code): mean_d (x_img_hat - x_img)^2
++ KL(q || N(0, I)) summed over z + 10 * mean_d (x_sketch_hat - x_sketch)^2,
+averaged over the batch. z = mu + exp(logvar / 2) * eps with one eps per
+example (the released code draws one per batch; the paper's model does not).
+
+At test time z ~ N(0, I) and the decoder alone turns a sketch into photo
+features (`decode`). The widths are config fields with the paper's values
+(for 4096-d VGG fc7); the output widths follow the feature dimension.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Keras BatchNormalization defaults (the released code's framework).
+BATCH_NORM = dict(momentum=0.99, epsilon=1e-3)
+
+
+class Encoder(nn.Module):
+  """q(z | x_img, x_sketch) -> (mu, logvar), both tanh-bounded."""
+  hidden_dims: Sequence[int] = (4096, 2048)
+  latent_dim: int = 1024
+  dropout_rate: float = 0.3
+
+  @nn.compact
+  def __call__(self, img_BxD, sketch_BxD, train: bool):
+    h = jnp.concatenate([img_BxD, sketch_BxD], axis=-1)
+    for i, width in enumerate(self.hidden_dims):
+      h = nn.relu(nn.Dense(width)(h))
+      h = nn.BatchNorm(use_running_average=not train, **BATCH_NORM)(h)
+      if i == 0:  # Dropout after the first block only, as in the paper.
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    mu_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='mu')(h))
+    logvar_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='logvar')(h))
+    return mu_BxZ, logvar_BxZ
+
+
+class Mlp(nn.Module):
+  """Dense+ReLU hidden layers, then a ReLU output of `out_dim`."""
+  hidden_dims: Sequence[int]
+  out_dim: int
+  relu_output: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    for width in self.hidden_dims:
+      x = nn.relu(nn.Dense(width)(x))
+    x = nn.Dense(self.out_dim)(x)
+    return nn.relu(x) if self.relu_output else x
+
+
+def kl_to_standard_normal(mu_BxZ, logvar_BxZ):
+  """(B,) KL(N(mu, exp(logvar)) || N(0, I)), summed over z."""
+  return 0.5 * jnp.sum(jnp.exp(logvar_BxZ) + mu_BxZ ** 2 - 1.0 - logvar_BxZ, axis=-1)
+
+
+def mse(a_BxD, b_BxD):
+  """(B,) mean squared error over features."""
+  return jnp.mean((a_BxD - b_BxD) ** 2, axis=-1)
+
+
+class CVAE(nn.Module):
+  """The ZS-SBIR CVAE; `__call__` returns everything the losses need."""
+  feature_dim: int  # Photo and sketch features share it (same extractor).
+  encoder_dims: Sequence[int] = (4096, 2048)
+  latent_dim: int = 1024
+  decoder_dims: Sequence[int] = (2048,)
+  regulariser_dims: Sequence[int] = (2048,)
+  dropout_rate: float = 0.3
+
+  def setup(self):
+    self.encoder = Encoder(self.encoder_dims, self.latent_dim, self.dropout_rate)
+    self.decoder = Mlp(self.decoder_dims, self.feature_dim)
+    self.regulariser = Mlp(self.regulariser_dims, self.feature_dim)
+
+  def decode(self, z_BxZ, sketch_BxD):
+    """p(x_img | z, x_sketch): photo features from noise and a sketch."""
+    return self.decoder(jnp.concatenate([z_BxZ, sketch_BxD], axis=-1))
+
+  def __call__(self, img_BxD, sketch_BxD, train: bool = True):
+    mu, logvar = self.encoder(img_BxD, sketch_BxD, train)
+    eps = jax.random.normal(self.make_rng('noise'), mu.shape)  # Per example.
+    z = mu + jnp.exp(logvar / 2) * eps
+    img_hat = self.decode(z, sketch_BxD)
+    sketch_hat = self.regulariser(img_hat)
+    return dict(z=z, mu=mu, logvar=logvar, img_hat=img_hat, sketch_hat=sketch_hat)
+
+
+def cvae_loss(out: dict, img_BxD, sketch_BxD, sketch_recon_weight: float = 10.0,
+              kl_weight: float = 1.0):
+  """Mean over the batch of recon + KL + 10 * sketch recon, and its parts."""
+  recon = mse(out['img_hat'], img_BxD)
+  kl = kl_to_standard_normal(out['mu'], out['logvar'])
+  sketch = mse(out['sketch_hat'], sketch_BxD)
+  total = recon + kl_weight * kl + sketch_recon_weight * sketch
+  return jnp.mean(total), {'recon': jnp.mean(recon), 'kl': jnp.mean(kl),
+                           'sketch_recon': jnp.mean(sketch)}

@@ -1,0 +1,160 @@
+"""Zero-shot SBIR end to end: configs/zs_sketchy.py:tiny on the real airplane
+class plus generated classes, through checkpoints and --mode=eval."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import zs_doodle
+from configs import zs_sketchy
+from sbir_jax import checkpointing
+from sbir_jax import sharding
+from sbir_jax import train
+from sbir_jax.datasets import sketchy
+from sbir_jax.tasks import zs_sbir
+from tests import helpers
+from tests import zs_helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def sketchy_data(tmp_path_factory):
+  """(manual dir, split file, TFDS dir, feature cache dir), shared by the tests."""
+  root = tmp_path_factory.mktemp('zs')
+  manual = zs_helpers.make_sketchy_dir(str(root / 'sketchy'),
+                                       helpers.require_data('sketchy_airplane'))
+  split = zs_helpers.write_split_file(str(root / 'split.txt'))
+  return manual, split, str(root / 'tfds'), str(root / 'features')
+
+
+def _config(sketchy_data, variants='tiny'):
+  manual, split, tfds_dir, cache = sketchy_data
+  config = zs_sketchy.get_config(variants)
+  config.data.manual_dir = manual
+  config.data.split_file = split
+  config.data.tfds_data_dir = tfds_dir
+  config.features.cache_dir = cache
+  return config
+
+
+def test_tiny_cvae_trains_checkpoints_and_evaluates(sketchy_data, tmp_path):
+  assert jax.device_count() == 8
+  config = _config(sketchy_data)
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(config, workdir)
+  assert results['selected_checkpoint'] == 'latest'  # No val split on Sketchy.
+  assert results['selected_step'] == config.num_train_steps
+  for name in ('P@20', 'mAP@20', 'mAP@20_div_k', 'mAP@all', 'untrained_mAP@all'):
+    assert 0.0 <= results[f'test_{name}'] <= 1.0, name
+  assert results['test_mAP@20_div_k'] <= results['test_mAP@20']
+  evaluated = train.evaluate(config, workdir, 'latest')  # What --mode=eval runs.
+  assert evaluated['test_mAP@all'] == pytest.approx(results['test_mAP@all'])
+  saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert set(saved) == {'train', 'eval_latest'}
+
+
+def test_tiny_caae_kmeans_and_regression_train(sketchy_data, tmp_path):
+  for variants in ('tiny,caae,kmeans', 'tiny,regression'):
+    config = _config(sketchy_data, variants)
+    config.num_train_steps = 2
+    results = train.train_and_evaluate(config, str(tmp_path / variants))
+    assert np.isfinite(results['test_mAP@all']), variants
+
+
+def test_caae_kill_and_resume_matches_uninterrupted_run(sketchy_data, tmp_path):
+  """The task's own state (BatchNorm stats, two optimisers) restores exactly."""
+  config = _config(sketchy_data, 'tiny,caae')
+  config.eval.baselines = ()
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, straight)
+  train.train_and_evaluate(config, resumed, stop_after_steps=2)
+  train.train_and_evaluate(config, resumed)
+  params = []
+  for workdir in (straight, resumed):
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    params.append(manager.restore(manager.latest_step())['params'])
+  assert set(params[0]) == {'model', 'disc'}
+  assert 'batch_stats' in params[0]['model']
+  jax.tree.map(np.testing.assert_array_equal, params[0], params[1])
+
+
+def test_sketchy_queries_and_gallery_are_the_unseen_classes(sketchy_data):
+  config = _config(sketchy_data)
+  task = zs_sbir.ZsSbirTask(config, sharding.make_mesh())
+  splits = task.splits
+  assert set(splits['train'].sketch_labels) == {'airplane', 'ant'}
+  assert np.sum(splits['train'].sketch_labels == 'airplane') == 40  # Capped.
+  test = splits['test']
+  assert set(test.query_labels) == set(test.gallery_labels) == {'bat', 'cabin'}
+  # Each training sketch is paired with the photo it was drawn from.
+  train_data = splits['train']
+  assert train_data.photos[train_data.photo_of_sketch].shape == train_data.sketches.shape
+  assert np.all(train_data.photo_labels[train_data.photo_of_sketch]
+                == train_data.sketch_labels)
+
+
+def test_split_class_missing_from_data_is_named(sketchy_data, tmp_path):
+  config = _config(sketchy_data)
+  config.data.split_file = zs_helpers.write_split_file(
+      str(tmp_path / 'split.txt'), ('bat', 'cow'))
+  with pytest.raises(sketchy.SketchyError, match=r"missing from .*\['cow'\]"):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_extended_gallery_required_by_default(sketchy_data, tmp_path):
+  config = _config(sketchy_data)
+  config.data.gallery = 'extended'
+  with pytest.raises(sketchy.SketchyError, match='no extended/ folder'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_feature_dim_not_matching_precomputed_is_refused(sketchy_data, tmp_path):
+  config = _config(sketchy_data)
+  config.features.extractor = 'precomputed'
+  config.features.precomputed_dir = str(tmp_path)
+  np.savez(tmp_path / 'sketchy_sketch.npz', ids=np.array(['x']),
+           features=np.zeros((1, 4096), np.float32))
+  with pytest.raises(ValueError, match='4096-d features but config.features.dim=1280'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_doodle_config_classes_are_shared_and_disjoint():
+  config = zs_doodle.get_config('cvae')
+  seen, unseen = set(config.data.seen_classes), set(config.data.unseen_classes)
+  assert not seen & unseen and len(seen) == 8 and len(unseen) == 4
+  qd = helpers.require_data('quickdraw_14')
+  tu = helpers.require_data('tu_berlin_40')
+  from sbir_jax.datasets import quickdraw, tu_berlin
+  shared = set(quickdraw.classes(qd)) & set(tu_berlin.classes(tu))
+  assert seen | unseen == shared  # Every shared class is used.
+  with pytest.raises(ValueError, match='Unknown config variant'):
+    zs_doodle.get_config('tiny,vae')
+
+
+@pytest.mark.slow
+def test_cli_doodle_tiny_train_then_eval(tmp_path):
+  """The commands of the README on the real doodle data, tiny sized (~3 min)."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  common = [sys.executable, '-m', 'sbir_jax.main', '--config=configs/zs_doodle.py:tiny',
+            f'--workdir={tmp_path}/run', f'--config.features.cache_dir={tmp_path}/f']
+  for extra in ([], ['--mode=eval', '--checkpoint=best']):
+    run = subprocess.run(common + extra, cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+  results = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert results['eval_best']['test_mAP@all'] == pytest.approx(
+      results['train']['test_mAP@all'])
+
+
+def test_caps_apply_within_the_selection():
+  labels = np.array(['a', 'a', 'a', 'a', 'b'])
+  ids = np.array(['test/1', 'test/2', 'train/3', 'train/4', 'train/5'])
+  train_only = np.char.startswith(ids, 'train/')
+  np.testing.assert_array_equal(zs_sbir._capped(train_only, labels, ids, 1),
+                                [False, False, True, False, True])
+  np.testing.assert_array_equal(zs_sbir._capped(train_only, labels, ids, 0), train_only)
