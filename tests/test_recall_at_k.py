@@ -1,0 +1,67 @@
+"""Recall@K with TIRG's protocol, on hand-built rankings and features."""
+import numpy as np
+import pytest
+
+from sbir_jax.evaluators import recall_at_k
+
+
+def test_recall_from_hand_built_ranked_labels():
+  ranked = np.array([[7, 1, 2, 3, 4],   # Target 7 at rank 1.
+                     [1, 2, 9, 3, 4],   # Target 9 at rank 3.
+                     [1, 2, 3, 4, 5],   # Target 8 absent.
+                     [5, 5, 5, 5, 6]])  # Target 6 at rank 5.
+  got = recall_at_k.recall_from_ranked_labels(ranked, np.array([7, 9, 8, 6]), (1, 3, 5))
+  assert got == {'recall@1': 25.0, 'recall@3': 50.0, 'recall@5': 75.0}
+
+
+def test_any_image_with_the_target_label_is_a_hit():
+  # Gallery images 1 and 2 are identical scenes (label 10): either counts.
+  gallery = np.eye(4)
+  labels = np.array([0, 10, 10, 30])
+  query = np.array([[0.0, 0.0, 1.0, 0.0]])  # Nearest: image 2 (label 10).
+  metrics, ranking = recall_at_k.recall_at_k(query, gallery, np.array([3]),
+                                             np.array([10]), labels, (1,))
+  assert ranking[0, 0] == 2 and metrics == {'recall@1': 100.0}
+
+
+def test_only_the_query_image_is_removed_and_features_are_normalised():
+  # The query's own image (0) is the closest and must not be returned; the
+  # gallery norms differ wildly but ranking is by cosine.
+  gallery = np.array([[1.0, 0.0], [100.0, 1.0], [0.0, 0.01], [-1.0, 0.0]])
+  labels = np.array([0, 1, 2, 3])
+  query = np.array([[2.0, 0.0]])
+  metrics, ranking = recall_at_k.recall_at_k(query, gallery, np.array([0]),
+                                             np.array([1]), labels, (1, 3))
+  assert list(ranking[0]) == [1, 2, 3]
+  assert metrics == {'recall@1': 100.0, 'recall@3': 100.0}
+  # The source image is removed even if it carries the target label.
+  metrics, _ = recall_at_k.recall_at_k(query, gallery, np.array([0]),
+                                       np.array([0]), labels, (1, 3))
+  assert metrics == {'recall@1': 0.0, 'recall@3': 0.0}
+
+
+def test_matches_a_brute_force_count():
+  rng = np.random.default_rng(0)
+  q, g = rng.normal(size=(30, 8)), rng.normal(size=(50, 8))
+  sources, labels = rng.integers(50, size=30), rng.integers(12, size=50)
+  targets = rng.integers(12, size=30)
+  metrics, _ = recall_at_k.recall_at_k(q, g, sources, targets, labels, (1, 5, 10, 50))
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+  for k in (1, 5, 10, 50):
+    hits = 0
+    for i in range(30):
+      order = [j for j in np.argsort(-(gn @ qn[i])) if j != sources[i]]
+      hits += targets[i] in labels[order[:k]]
+    assert metrics[f'recall@{k}'] == pytest.approx(100 * hits / 30)
+
+
+def test_examples_picture(tmp_path):
+  refs = np.full((2, 64, 64, 3), 255, np.uint8)
+  ranked = np.zeros((2, 5, 64, 64, 3), np.uint8)
+  hits = np.zeros((2, 5), bool)
+  hits[0, 2] = True
+  path = tmp_path / 'x.png'
+  recall_at_k.save_examples_picture(str(path), refs, ['add red circle', 'remove x'],
+                                    ranked, hits)
+  assert path.stat().st_size > 0
