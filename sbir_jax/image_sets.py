@@ -78,3 +78,13 @@ def array_reader(images_NxHxW: np.ndarray) -> Reader:
   def read(indices, size, batch):
     return batched((to_rgb(images_NxHxW[i], size) for i in indices), batch)
   return read
+
+
+def check_classes(present: Sequence[str], wanted: Sequence[str] | None,
+                  where: str, kind: str = 'class', suffix: str = '') -> list[str]:
+  """`wanted` (default: all `present`), or an error naming what is missing."""
+  names = list(present) if wanted is None else list(wanted)
+  missing = [c + suffix for c in names if c not in present]
+  if missing:
+    raise FileNotFoundError(f'{where} has no {kind} {missing}.')
+  return names

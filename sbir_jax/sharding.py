@@ -41,3 +41,19 @@ def process_rows(num_rows: int) -> slice:
   per_process = num_rows // jax.process_count()
   start = jax.process_index() * per_process
   return slice(start, start + per_process)
+
+
+def map_batches(fn, params, rows: np.ndarray, batch_size: int,
+                mesh: jax.sharding.Mesh) -> np.ndarray:
+  """fn(params, global batch) over `rows` in padded batches sharded on `data`.
+
+  Every process passes the same `rows` and gets every output row back (fn's
+  output must be replicated); padding rows are dropped.
+  """
+  check_batch_size(batch_size, 'config.eval.batch_size')
+  n = len(rows)
+  padded = np.concatenate([rows, np.zeros((-n % batch_size,) + rows.shape[1:], rows.dtype)])
+  local = process_rows(batch_size)
+  outputs = [np.asarray(fn(params, to_global(padded[start:start + batch_size][local], mesh)))
+             for start in range(0, len(padded), batch_size)]
+  return np.concatenate(outputs)[:n]

@@ -5,11 +5,13 @@ mesh -> task (data, model, loss) -> state (new, or resumed from the workdir)
 checkpoint -> results.json. Randomness is fold_in(seed, step): resuming from
 a checkpoint replays exactly the steps an uninterrupted run would take.
 """
+import functools
 import json
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import flax.traverse_util
 import flax.training.train_state
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from etils import epath
 from sbir_jax import checkpointing
 from sbir_jax import sharding
 from sbir_jax import tasks
+from sbir_jax import warm_start
 
 TrainState = flax.training.train_state.TrainState
 
@@ -32,7 +35,9 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf."""
 
 
-def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(opt: ml_collections.ConfigDict,
+                   frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The configured optimizer; parameters under a `frozen` prefix never move."""
   if opt.name == 'sgd':
     tx = optax.sgd(opt.learning_rate, momentum=opt.momentum or None)
   elif opt.name == 'adam':
@@ -44,7 +49,26 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
     chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
   if opt.weight_decay:
     chain.append(optax.add_decayed_weights(opt.weight_decay))
-  return optax.chain(*chain, tx)
+  tx = optax.chain(*chain, tx)
+  if not frozen:
+    return tx
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               functools.partial(freeze_labels, frozen=tuple(frozen)))
+
+
+def freeze_labels(params: Any, frozen: Sequence[str]) -> Any:
+  """'frozen' for every parameter under a prefix in `frozen` (e.g.
+  'trunk/conv1'), else 'train'; a prefix that names nothing is an error."""
+  names = flax.traverse_util.flatten_dict(params, sep='/')
+  under = lambda name, prefix: name == prefix or name.startswith(prefix + '/')
+  unknown = [p for p in frozen if not any(under(n, p) for n in names)]
+  if unknown:
+    modules = sorted({n.rsplit('/', 1)[0] for n in names})
+    raise ValueError(f'config.frozen names {unknown}, which match no parameter; '
+                     f'the model has {modules}.')
+  labels = {n: 'frozen' if any(under(n, p) for p in frozen) else 'train'
+            for n in names}
+  return flax.traverse_util.unflatten_dict(labels, sep='/')
 
 
 def create_state(task, config, mesh) -> TrainState:
@@ -56,7 +80,7 @@ def create_state(task, config, mesh) -> TrainState:
   if hasattr(task, 'create_state'):
     init = task.create_state
   else:
-    tx = make_optimizer(config.optimizer)
+    tx = make_optimizer(config.optimizer, config.get('frozen', ()))
 
     def init(rng):
       params = task.init_params(rng)
@@ -149,6 +173,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = checkpointing.restore(manager, manager.latest_step(), state)
     start_step = int(state.step)
     logging.info('Resumed from step %d in %s', start_step, workdir)
+  elif config.get('init_from'):
+    params, summary = warm_start.warm_start(state.params, config.init_from,
+                                         sharding.replicated(mesh))
+    state = state.replace(params=params)
+    _write_results(workdir, {'warm_start': summary})
   train_step = make_train_step(task, config, mesh)
   has_val = 'val' in task.splits
 

@@ -8,9 +8,11 @@ from configs import fg_sbir_common
 
 
 def tiny_config(dataset: str, tfds_dir: str, qmul_v1_dir: str,
-                variants: str = 'tiny') -> ml_collections.ConfigDict:
-  """The `tiny` variant (seconds per run) reading the real shared files."""
-  config = fg_sbir_common.get_config(dataset, variants)
+                variants: str = 'tiny',
+                source: str = 'qmul_v1') -> ml_collections.ConfigDict:
+  """The `tiny` variant (seconds per run) reading the real shared files
+  (`qmul_v1_dir`: the manual dir of `source`)."""
+  config = fg_sbir_common.get_config(dataset, variants, source=source)
   config.data.tfds_data_dir = tfds_dir
   config.data.manual_dir = qmul_v1_dir
   return config

@@ -48,13 +48,19 @@ def test_vocabulary_unknown_words_and_empty_text():
     vocab.encode(['add red circle', '  '], max_length=5)
 
 
-def test_adaptive_pool_and_boxes():
+def test_box_pool_grid_cells_and_fractional_boxes():
   x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-  pooled = enc.adaptive_average_pool(x, 2, 2)
-  np.testing.assert_allclose(pooled[0, :, 0], [2.5, 4.5, 10.5, 12.5])
-  assert enc.adaptive_average_pool(jnp.ones((2, 16, 16, 3)), 3, 6).shape == (2, 18, 3)
-  boxes = enc.cell_boxes(3, 6)
-  np.testing.assert_allclose(boxes[7], [1 / 6, 1 / 3, 1 / 6, 1 / 3])
+  cells = jnp.asarray(enc.cell_boxes(2, 2))[None]
+  np.testing.assert_allclose(enc.box_average_pool(x, cells)[0, :, 0],
+                             [2.5, 4.5, 10.5, 12.5])
+  # One map cell exactly; then a box over half of column 0 and all of column 1
+  # (of row 0): weights 1/3, 2/3.
+  boxes = jnp.array([[[0.25, 0.5, 0.25, 0.25], [0.125, 0.0, 0.375, 0.25]]])
+  np.testing.assert_allclose(enc.box_average_pool(x, boxes)[0, :, 0],
+                             [9.0, 0 / 3 + 2 / 3], rtol=1e-6)
+  assert enc.box_average_pool(jnp.ones((2, 16, 16, 3)),
+                              jnp.asarray(enc.cell_boxes(3, 6))[None]).shape == (2, 18, 3)
+  np.testing.assert_allclose(enc.cell_boxes(3, 6)[7], [1 / 6, 1 / 3, 1 / 6, 1 / 3])
 
 
 def _inputs(b=2):
@@ -70,8 +76,8 @@ def test_lbf_entity_counts_and_outputs(size, k):
                   entity_cols=cols, max_text_length=6, cnn_width=16)
   images, tokens = _inputs()
   params = model.init(jax.random.key(1), images, tokens, images)['params']
-  entities = model.apply({'params': params}, images, method=model.entities)
-  assert entities.shape == (2, k, 16)
+  entities, mask = model.apply({'params': params}, images, method=model.entities)
+  assert entities.shape == (2, k, 16) and mask is None  # Every cell is real.
   query, target = model.apply({'params': params}, images, tokens, images)
   assert query.shape == target.shape == (2, 16)
   # Normalised and scaled by the learnable factor, initialised to 4.0.
@@ -88,6 +94,56 @@ def test_lbf_padding_words_are_ignored():
   short = model.apply({'params': params}, images, tokens[:, :4], method=model.compose)
   long = model.apply({'params': params}, images, tokens, method=model.compose)
   np.testing.assert_allclose(short, long, rtol=1e-4, atol=1e-5)
+
+
+def _region_model(entities_from):
+  return lbf.Lbf(vocab_size=8, dim=16, num_heads=2, max_text_length=6, cnn_width=16,
+                 entities_from=entities_from)
+
+
+def _regions(b=2, k=4, feature_dim=5):
+  """Regions with the last box of every image padding (random contents)."""
+  boxes = jax.random.uniform(jax.random.key(3), (b, k, 4), minval=0.05, maxval=0.5)
+  mask = jnp.arange(k)[None, :].repeat(b, 0) < k - 1
+  features = jax.random.normal(jax.random.key(4), (b, k, feature_dim))
+  return boxes, mask, features
+
+
+@pytest.mark.parametrize('entities_from', ['boxes', 'region_features'])
+def test_lbf_entities_from_given_regions_ignore_padding(entities_from):
+  model = _region_model(entities_from)
+  images, tokens = _inputs()
+  boxes, mask, features = _regions()
+  inputs = {'boxes': boxes, 'box_mask': mask}
+  inputs.update({'features': features} if entities_from == 'region_features'
+                else {'image': images})
+  params = model.init(jax.random.key(1), inputs, tokens, inputs)['params']
+  assert ('cnn' in params) == (entities_from == 'boxes')  # Features: no backbone.
+  entities, entity_mask = model.apply({'params': params}, inputs, method=model.entities)
+  assert entities.shape == (2, 4, 16) and entity_mask.shape == (2, 4)
+  query, target = model.apply({'params': params}, inputs, tokens, inputs)
+  # Other contents in the padded slot: the same embeddings.
+  changed = dict(inputs, boxes=boxes.at[:, -1].set(0.2),
+                 **({'features': features.at[:, -1].set(9.0)}
+                    if entities_from == 'region_features' else {}))
+  query2, target2 = model.apply({'params': params}, changed, tokens, changed)
+  np.testing.assert_allclose(query2, query, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(target2, target, rtol=1e-4, atol=1e-5)
+  # A real box moved: different embeddings.
+  moved = dict(inputs, boxes=boxes.at[:, 0].set(0.3))
+  assert not np.allclose(model.apply({'params': params}, moved, tokens, moved)[1], target)
+
+
+def test_lbf_refuses_the_wrong_image_input():
+  images, tokens = _inputs()
+  with pytest.raises(ValueError, match="'boxes' and 'box_mask'"):
+    _region_model('boxes').init(jax.random.key(1), images, tokens, images)
+  boxes, mask, _ = _regions()
+  regions = {'image': images, 'boxes': boxes, 'box_mask': mask}
+  with pytest.raises(ValueError, match='not a dict of regions'):
+    _region_model('grid').init(jax.random.key(1), regions, tokens, regions)
+  with pytest.raises(ValueError, match='entities_from'):
+    _region_model('detector').init(jax.random.key(1), images, tokens, images)
 
 
 def test_tirg_scale_and_weights_init():

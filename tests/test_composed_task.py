@@ -11,6 +11,8 @@ import pytest
 
 from configs import css
 from sbir_jax import train
+from sbir_jax.datasets import css_style
+from sbir_jax.datasets import regions
 from sbir_jax.tasks import composed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,8 +48,9 @@ def test_splits_batches_and_vocabulary(tfds_dir):
   task = composed.ComposedTask(config, None)
   splits = task.splits
   assert set(splits) == {'train', 'val', 'test'}
-  val_texts, train_texts = set(splits['val'].texts), set(splits['train'].texts)
-  assert val_texts and not val_texts & train_texts  # Whole texts held out.
+  # Default: reference images held out with their pairs (new images at val).
+  val, fit = splits['val'], splits['train']
+  assert len(val.source_ids) and not set(val.gallery_ids) & set(fit.gallery_ids)
   test = splits['test']
   assert len(test.gallery_ids) == len(test.images)  # TIRG: all test images.
   batches = task.train_batches(start_step=3)
@@ -96,3 +99,112 @@ def test_efficientnet_backbone_gets_imagenet_weights(tfds_dir):
   batch = {k: v[:2] for k, v in batch.items()}
   loss, _ = task.loss_fn(params, batch, jax.random.key(1))  # BN stats passed.
   assert np.isfinite(float(loss))
+
+
+def _write_region_file(path, config, feature_dim=8, k=6):
+  """An .npz in the regions layout for the generated data: each scene's object
+  boxes padded to k, and random region features."""
+  raw = css_style.load(composed.ensure_generated(config.data), config.data.tfds_data_dir)
+  arrays = {}
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    scenes = regions.scene_regions(raw[split]['objects'])
+    n, found = scenes.mask.shape
+    arrays[f'{split}_boxes'] = np.zeros((n, k, 4), np.float32)
+    arrays[f'{split}_boxes'][:, :found] = scenes.boxes
+    arrays[f'{split}_num_boxes'] = scenes.mask.sum(1)
+    arrays[f'{split}_features'] = rng.normal(size=(n, k, feature_dim)).astype(np.float32)
+  np.savez(path, **arrays)
+  return arrays
+
+
+def test_lbf_on_a_region_feature_file_trains_and_evaluates(tfds_dir, tmp_path):
+  config = _config(tfds_dir, 'lbf_small,tiny')
+  config.model.entities_from = 'region_features'
+  config.data.regions_file = str(tmp_path / 'regions.npz')
+  arrays = _write_region_file(config.data.regions_file, config)
+  task = composed.ComposedTask(config, None)
+  test = task.splits['test']
+  first = test.inputs(np.array([0, 1]))
+  assert set(first) == {'boxes', 'box_mask', 'features'}  # No pixels needed.
+  np.testing.assert_array_equal(first['features'], arrays['test_features'][:2])
+  np.testing.assert_array_equal(first['box_mask'].sum(1), arrays['test_num_boxes'][:2])
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 0 <= results['test_recall@1'] <= 100
+  params = task.init_params(jax.random.key(0))
+  assert 'cnn' not in params and params['visual_fc']['kernel'].shape[0] == 8
+
+
+def test_lbf_object_boxes_and_bad_region_files(tfds_dir, tmp_path):
+  config = _config(tfds_dir, 'lbf_small,object_boxes,tiny')
+  task = composed.ComposedTask(config, None)
+  batch = next(task.train_batches(0))
+  assert set(batch['reference']) == {'image', 'boxes', 'box_mask'}
+  counts = batch['reference']['box_mask'].sum(1)
+  assert counts.min() >= 3 and counts.max() <= 5  # CSS-style: 3-5 objects.
+  loss, _ = task.loss_fn(task.init_params(jax.random.key(0)), batch, jax.random.key(1))
+  assert np.isfinite(float(loss))
+
+  path = str(tmp_path / 'regions.npz')
+  good = _write_region_file(path, config)
+  bad_config = _config(tfds_dir, 'lbf_small,tiny')
+  bad_config.model.entities_from = 'region_features'
+  with pytest.raises(ValueError, match='needs config.data.regions_file'):
+    composed.load_splits(bad_config)
+  bad_config.data.regions_file = path
+  for arrays, error in [
+      ({**good, 'test_boxes': good['test_boxes'][:-1]}, r'expected \(\d+, K, 4\)'),
+      ({**good, 'train_boxes': good['train_boxes'] * 64}, 'normalised'),  # Pixels.
+      ({k: v for k, v in good.items() if 'features' not in k}, 'needs them')]:
+    np.savez(path, **arrays)
+    with pytest.raises(regions.RegionFileError, match=error):
+      composed.load_splits(bad_config)
+
+
+@pytest.mark.parametrize('holdout', ['texts', 'sources'])
+def test_validation_holds_out_texts_or_reference_images(holdout):
+  mods = [{'from': [0, 1, 2], 'to': [10, 11, 12], 'to_str': 'add red circle to top-left'},
+          {'from': [1, 3, 4], 'to': [13, 14, 15], 'to_str': 'remove blue circle'},
+          {'from': [0, 4, 5], 'to': [16, 17, 18], 'to_str': 'make red circle blue'},
+          {'from': [2, 3, 5], 'to': [19, 20, 21], 'to_str': 'remove top-left object'}]
+  data = css.get_config('tiny').data
+  data.val_holdout, data.val_fraction = holdout, 0.34
+  fit, val = composed.split_train_mods(mods, data)
+  pairs = lambda ms: {(f, t) for m in ms for f, t in zip(m['from'], m['to'])}
+  assert val and not pairs(fit) & pairs(val)
+  if holdout == 'texts':
+    assert len(val) == 1 and val[0]['to_str'] not in {m['to_str'] for m in fit}
+    assert pairs(fit) | pairs(val) == pairs(mods)
+  else:  # Two of six reference images, none of whose pairs is trained on.
+    held = {f for m in val for f in m['from']}
+    assert len(held) == 2
+    assert not held & {i for m in fit for i in m['from'] + m['to']}
+    assert len(pairs(val)) == sum(f in held for m in mods for f in m['from'])
+  data.val_holdout = 'both'
+  with pytest.raises(ValueError, match='val_holdout'):
+    composed.split_train_mods(mods, data)
+
+
+def test_cosine_schedule_scales_the_trainers_step():
+  config = css.get_config('tiny')
+  config.optimizer.name, config.optimizer.learning_rate = 'sgd', 1.0
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.num_train_steps, config.optimizer.warmup_steps = 10, 2
+  config.optimizer.schedule = 'cosine'
+  tx = composed.make_optimizer(config)
+  params = {'w': np.ones(3, np.float32)}
+  state = tx.init(params)
+  steps = []
+  for _ in range(10):
+    updates, state = tx.update({'w': np.ones(3, np.float32)}, state, params)
+    steps.append(-float(updates['w'][0]))
+  np.testing.assert_allclose(steps[:3], [0.0, 0.5, 1.0])  # Warm-up to the peak.
+  assert all(a > b for a, b in zip(steps[2:], steps[3:])) and steps[-1] < 0.05
+  config.optimizer.schedule = 'constant'  # The trainer's optimizer, unchanged.
+  tx = composed.make_optimizer(config)
+  updates, _ = tx.update({'w': np.ones(3, np.float32)}, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -1.0)
+  config.optimizer.schedule = 'step'
+  with pytest.raises(ValueError, match='config.optimizer.schedule'):
+    composed.make_optimizer(config)

@@ -184,3 +184,14 @@ def test_default_sizes_reuse_each_source_for_several_texts():
     for f in mod['from']:
       uses[f] = uses.get(f, 0) + 1
   assert sum(uses.values()) / len(uses) >= 4
+
+
+def test_object_box_bounds_the_drawn_object():
+  for shape in gen.SHAPES:
+    for size in gen.SIZES:
+      obj = gen.make_object(shape, 'red', size, cell=5)
+      x, y, w, h = (v * gen.IMAGE_SIZE for v in gen.object_box(obj))
+      drawn = np.argwhere(np.any(gen.render([obj]) != 255, axis=-1))  # (row, col)
+      # Within the pixel rounding of the drawing, and tight.
+      np.testing.assert_allclose([drawn[:, 0].min(), drawn[:, 0].max() + 1], [y, y + h], atol=1)
+      np.testing.assert_allclose([drawn[:, 1].min(), drawn[:, 1].max() + 1], [x, x + w], atol=1)

@@ -350,13 +350,25 @@ def generate(seed: int = 0, train: SplitSizes = DEFAULT_TRAIN,
 # Rendering and files.
 # ----------------------------------------------------------------------------
 
+def _half_width(obj: dict) -> float:
+  """Half the side of an object's square, as a fraction of the image."""
+  return 1 / 8 if obj['size'] == 'large' else 1 / 16
+
+
+def object_box(obj: dict) -> tuple[float, float, float, float]:
+  """The drawn object's normalised box [x, y, w, h] (top-left corner, size)."""
+  half = _half_width(obj)
+  y, x = float(obj['pos'][0]), float(obj['pos'][1])
+  return (x - half, y - half, 2 * half, 2 * half)
+
+
 def render(objects: Sequence[dict], size: int = IMAGE_SIZE) -> np.ndarray:
   """(size, size, 3) uint8: white background, a large object twice the width
   of a small one (8 vs 4 px half-width at 64x64), drawn at its `pos`."""
   image = Image.new('RGB', (size, size), (255, 255, 255))
   draw = ImageDraw.Draw(image)
   for obj in objects:
-    half = size / 8 if obj['size'] == 'large' else size / 16
+    half = size * _half_width(obj)
     y, x = float(obj['pos'][0]) * size, float(obj['pos'][1]) * size
     color = COLOR_RGB[obj['color']]
     box = (x - half, y - half, x + half - 1, y + half - 1)

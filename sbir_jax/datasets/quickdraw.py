@@ -10,10 +10,10 @@ import os
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from sbir_jax import image_sets
-
-SIDE = 28
+from sbir_jax.datasets import sketch_classes
 
 
 def _folder(root: str, split: str) -> str:
@@ -32,26 +32,15 @@ def classes(root: str, split: str = 'train') -> list[str]:
 
 def load_bitmaps(path: str) -> np.ndarray:
   """(N, 28, 28) uint8, strokes dark on white."""
-  try:
-    data = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{path} is not a QuickDraw .npy bitmap file ({e}).') from e
-  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != SIDE * SIDE:
-    raise ValueError(f'{path} holds {data.dtype} {data.shape}; QuickDraw bitmaps '
-                     f'are uint8 (N, {SIDE * SIDE}).')
-  return 255 - data.reshape(-1, SIDE, SIDE)
+  return sketch_classes.load_bitmaps(epath.Path(path))[..., 0]
 
 
 def load(root: str, splits: Sequence[str] = ('train', 'test'),
          class_names: Sequence[str] | None = None) -> image_sets.ImageSet:
   bitmaps, ids, labels = [], [], []
   for split in splits:
-    present = classes(root, split)
-    names = present if class_names is None else list(class_names)
-    missing = [c for c in names if c not in present]
-    if missing:
-      raise FileNotFoundError(f'QuickDraw {_folder(root, split)} has no '
-                              f'{[c + ".npy" for c in missing]}.')
+    names = image_sets.check_classes(classes(root, split), class_names,
+                                     f'QuickDraw {_folder(root, split)}', 'file', '.npy')
     for name in names:
       images = load_bitmaps(os.path.join(_folder(root, split), f'{name}.npy'))
       bitmaps.append(images)

@@ -26,15 +26,11 @@ def classes(root: str, split: str = 'train') -> list[str]:
 def load(root: str, splits: Sequence[str] = ('train', 'test'),
          class_names: Sequence[str] | None = None) -> image_sets.ImageSet:
   """Every PNG of `class_names` (default all) in the given splits."""
-  wanted = class_names
   paths, ids, labels = [], [], []
   for split in splits:
-    present = classes(root, split)
-    names = present if wanted is None else list(wanted)
-    missing = [c for c in names if c not in present]
-    if missing:
-      raise FileNotFoundError(f'TU-Berlin {os.path.join(root, split)} has no '
-                              f'class folder {missing}.')
+    names = image_sets.check_classes(classes(root, split), class_names,
+                                     f'TU-Berlin {os.path.join(root, split)}',
+                                     'class folder')
     for name in names:
       folder = os.path.join(root, split, name)
       for file in sorted(os.listdir(folder)):

@@ -5,8 +5,9 @@
   obtainable offline; EfficientNet-Lite0 is the ImageNet option here).
 - `EfficientNetLite0Map`: the ImageNet EfficientNet-Lite0 feature map
   (inputs resized to 224, BatchNorm in inference mode).
-- `adaptive_average_pool`: a (H, W) map -> (rows, cols) cells, for LBF's
-  locally bounded entities, with `cell_boxes` their normalised [x, y, w, h].
+- `box_average_pool`: a (H, W) map averaged inside normalised [x, y, w, h]
+  boxes, for LBF's locally bounded entities: the cells of a grid
+  (`cell_boxes`) or given boxes (e.g. object or detector boxes).
 - `ScaledL2Normalize`: TIRG's normalisation layer, s * x / ||x|| with a
   learnable s initialised to 4.0, applied to queries and targets alike.
 """
@@ -57,23 +58,26 @@ def make_image_backbone(name: str, width: int) -> nn.Module:
                    'efficientnet_lite0.')
 
 
-def _pool_matrix(size: int, cells: int) -> np.ndarray:
-  """(cells, size) averaging weights: cell i covers [floor(i*s/c), ceil((i+1)*s/c))."""
-  weights = np.zeros((cells, size), np.float32)
-  for i in range(cells):
-    start, stop = (i * size) // cells, -((-(i + 1) * size) // cells)
-    weights[i, start:stop] = 1.0 / (stop - start)
-  return weights
+def _overlap_weights(starts_BxK: jax.Array, lengths_BxK: jax.Array, size: int
+                     ) -> jax.Array:
+  """(B, K, size): the fraction of each of `size` equal bins of [0, 1] that
+  lies in [start, start + length], normalised to sum to 1 over the bins."""
+  lo_1x1xS = (jnp.arange(size, dtype=jnp.float32) / size)[None, None, :]
+  overlap = jnp.clip(jnp.minimum(lo_1x1xS + 1.0 / size, (starts_BxK + lengths_BxK)[..., None])
+                     - jnp.maximum(lo_1x1xS, starts_BxK[..., None]), 0.0)
+  # A box outside the image or of zero size (padding) pools to zeros.
+  return overlap / jnp.maximum(jnp.sum(overlap, axis=-1, keepdims=True), 1e-6)
 
 
-def adaptive_average_pool(map_BxHxWxC: jax.Array, rows: int, cols: int
-                          ) -> jax.Array:
-  """(B, H, W, C) -> (B, rows * cols, C), cells in row-major order."""
+def box_average_pool(map_BxHxWxC: jax.Array, boxes_BxKx4: jax.Array) -> jax.Array:
+  """(B, H, W, C) map, (B, K, 4) normalised [x, y, w, h] boxes -> (B, K, C):
+  the map's area-weighted average inside each box (cells partly inside count
+  by the part inside), so a box's entity sees only its own region."""
   _, h, w, _ = map_BxHxWxC.shape
-  pool_rows_RxH = jnp.asarray(_pool_matrix(h, rows))
-  pool_cols_CxW = jnp.asarray(_pool_matrix(w, cols))
-  cells = jnp.einsum('rh,bhwc,kw->brkc', pool_rows_RxH, map_BxHxWxC, pool_cols_CxW)
-  return cells.reshape(cells.shape[0], rows * cols, cells.shape[-1])
+  x, y, bw, bh = (boxes_BxKx4[..., i] for i in range(4))
+  rows_BxKxH = _overlap_weights(y, bh, h)
+  cols_BxKxW = _overlap_weights(x, bw, w)
+  return jnp.einsum('bkh,bhwc,bkw->bkc', rows_BxKxH, map_BxHxWxC, cols_BxKxW)
 
 
 def cell_boxes(rows: int, cols: int) -> np.ndarray:

@@ -53,6 +53,11 @@ class DSSA(nn.Module):
     return self.embed_dim + (self.trunk_channels if self.coarse_fine_fusion else 0)
 
   @property
+  def part_dims(self) -> tuple[int, ...]:
+    """Sizes of the separately L2-normalised parts of `embed` (coarse, fine)."""
+    return (self.embed_dim,) + ((self.trunk_channels,) if self.coarse_fine_fusion else ())
+
+  @property
   def trunk_channels(self) -> int:
     return max(1, int(round(256 * self.width_multiplier)))
 

@@ -5,7 +5,8 @@ stem and head fixed at 32 and 1280 channels. Lite0 is the B0 layout at
 224x224: stem conv 3x3/2 -> 16 MBConv blocks (7 stages below) -> head conv
 1x1 to 1280 -> global average pool -> fc 1000. Padding is TensorFlow's SAME
 (the ImageNet weights were trained in TF): `lax`'s 'SAME' is the same rule,
-putting the odd extra row/column of a stride-2 conv at the bottom/right.
+putting the odd extra row/column of a stride-2 conv at the bottom/right
+(`depthwise.py`, which runs the depthwise convs fast on CPU, follows it too).
 
 Submodule names mirror the EfficientNet-PyTorch state dict (`conv_stem`,
 `bn0`, `blocks_N/{expand_conv,bn0,depthwise_conv,bn1,project_conv,bn2}`,
@@ -16,6 +17,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from sbir_jax.models import depthwise
 
 INPUT_SIZE = 224
 FEATURE_DIM = 1280
@@ -41,10 +44,10 @@ def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
   return nn.BatchNorm(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
 
 
-def _conv(features: int, kernel: int, stride: int = 1, groups: int = 1,
+def _conv(features: int, kernel: int, stride: int = 1,
           name: Optional[str] = None) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME',
-                 feature_group_count=groups, use_bias=False, name=name)
+                 use_bias=False, name=name)
 
 
 def block_configs() -> list[dict[str, int]]:
@@ -59,17 +62,20 @@ def block_configs() -> list[dict[str, int]]:
   return configs
 
 
-def preprocess(images_uint8: jax.Array) -> jax.Array:
-  """(B, H, W, 3) uint8 RGB -> float32 (x - 127) / 128 at 224x224.
+def preprocess(images_uint8: jax.Array,
+               size: Optional[int] = INPUT_SIZE) -> jax.Array:
+  """(B, H, W, 3) uint8 RGB -> float32 (x - 127) / 128 at size x size.
 
   This is the scaling the TF Lite models were trained with; ImageNet mean/std
   scaling scored a few points lower on real photos. Other sizes are resized
   (bilinear, antialiased); for exact control resize before calling this.
+  size=None keeps the input size (the network is fully convolutional up to
+  its global pooling, so smaller inputs trade accuracy for speed).
   """
   x = (jnp.asarray(images_uint8, jnp.float32) - 127.0) / 128.0
   b, h, w, c = x.shape
-  if (h, w) != (INPUT_SIZE, INPUT_SIZE):
-    x = jax.image.resize(x, (b, INPUT_SIZE, INPUT_SIZE, c), 'bilinear')
+  if size is not None and (h, w) != (size, size):
+    x = jax.image.resize(x, (b, size, size, c), 'bilinear')
   return x
 
 
@@ -81,19 +87,22 @@ class MBConvBlock(nn.Module):
   stride: int
   expand_ratio: int
   drop_connect_rate: float = 0.0
+  frozen_batch_norm: bool = False  # See EfficientNetLite0.
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
     x = x_BxHxWxC
     hidden = self.in_channels * self.expand_ratio
+    running = self.frozen_batch_norm or not train
     if self.expand_ratio != 1:  # Block 0 has no expand conv (and no bn0).
       x = _conv(hidden, 1, name='expand_conv')(x)
-      x = jax.nn.relu6(_batch_norm('bn0')(x, use_running_average=not train))
-    x = _conv(hidden, self.kernel, self.stride, groups=hidden,
-              name='depthwise_conv')(x)
-    x = jax.nn.relu6(_batch_norm('bn1')(x, use_running_average=not train))
+      x = jax.nn.relu6(_batch_norm('bn0')(x, use_running_average=running))
+    # Not nn.Conv(feature_group_count=hidden): see depthwise.py for why.
+    x = depthwise.DepthwiseConv(hidden, self.kernel, self.stride,
+                                name='depthwise_conv')(x)
+    x = jax.nn.relu6(_batch_norm('bn1')(x, use_running_average=running))
     x = _conv(self.out_channels, 1, name='project_conv')(x)
-    x = _batch_norm('bn2')(x, use_running_average=not train)
+    x = _batch_norm('bn2')(x, use_running_average=running)
     if self.stride == 1 and self.in_channels == self.out_channels:
       # Drop connect (stochastic depth): drop the whole branch per example.
       x = nn.Dropout(self.drop_connect_rate, broadcast_dims=(1, 2, 3))(
@@ -110,11 +119,18 @@ class EfficientNetLite0(nn.Module):
   latter two with `model.apply(variables, x, method=...)`. With train=True,
   BatchNorm uses batch statistics (pass mutable=['batch_stats']) and dropout
   / drop connect need a 'dropout' rng (set both rates to 0 to avoid that).
+  frozen_batch_norm=True keeps BatchNorm on its running (e.g. ImageNet)
+  statistics even with train=True: small fine-tuning batches give noisy
+  statistics, and nothing then needs to be mutable.
+
+  `stem` and `blocks_and_head` split `feature_map` so a model can give each
+  input domain its own stem in front of shared blocks.
   """
   num_classes: int = 1000
   # The rates of the original Lite0 ImageNet training; only used with train.
   dropout_rate: float = 0.2
   drop_connect_rate: float = 0.2
+  frozen_batch_norm: bool = False
 
   def setup(self):
     self.conv_stem = _conv(STEM_CHANNELS, 3, 2)
@@ -122,20 +138,31 @@ class EfficientNetLite0(nn.Module):
     configs = block_configs()
     # The drop-connect rate grows linearly with depth, as in EfficientNet.
     self.blocks = [
-        MBConvBlock(**cfg, drop_connect_rate=self.drop_connect_rate * i / len(configs))
+        MBConvBlock(**cfg, drop_connect_rate=self.drop_connect_rate * i / len(configs),
+                    frozen_batch_norm=self.frozen_batch_norm)
         for i, cfg in enumerate(configs)]
     self.conv_head = _conv(FEATURE_DIM, 1)
     self.bn1 = _batch_norm()
     self.dropout = nn.Dropout(self.dropout_rate)
     self.fc = nn.Dense(self.num_classes)
 
-  def feature_map(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
-    """Final (B, h, w, 1280) feature map, after head conv, BN and ReLU6."""
-    x = jax.nn.relu6(self.bn0(self.conv_stem(x_BxHxWx3),
-                              use_running_average=not train))
+  def stem(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
+    """(B, H/2, W/2, 32): stem conv, BN and ReLU6 (any input channels)."""
+    running = self.frozen_batch_norm or not train
+    return jax.nn.relu6(self.bn0(self.conv_stem(x_BxHxWxC),
+                                 use_running_average=running))
+
+  def blocks_and_head(self, x_BxHxWx32: jax.Array, train: bool = False) -> jax.Array:
+    """The MBConv blocks and the head conv, BN and ReLU6 on a stem output."""
+    x = x_BxHxWx32
     for block in self.blocks:
       x = block(x, train=train)
-    return jax.nn.relu6(self.bn1(self.conv_head(x), use_running_average=not train))
+    running = self.frozen_batch_norm or not train
+    return jax.nn.relu6(self.bn1(self.conv_head(x), use_running_average=running))
+
+  def feature_map(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
+    """Final (B, h, w, 1280) feature map, after head conv, BN and ReLU6."""
+    return self.blocks_and_head(self.stem(x_BxHxWx3, train), train)
 
   def pooled_features(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
     """(B, 1280) global average of `feature_map`: the backbone embedding."""

@@ -41,3 +41,23 @@ def trunk_output_size(input_size: int) -> int:
   side = (side - 3) // 2 + 1
   return side
 
+
+
+class SketchANetClassifier(nn.Module):
+  """Sketch-a-Net for sketch recognition: trunk -> fc6 -> dropout -> classes.
+
+  The trunk and fc6 carry DSSA's parameter names and shapes (for the same
+  input size), so a checkpoint of this model initialises DSSA through
+  `config.init_from`; the class layer has no DSSA counterpart.
+  """
+  num_classes: int
+  fc6_dim: int = 512
+  dropout_rate: float = 0.5
+  width_multiplier: float = 1.0
+
+  @nn.compact
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+    f = SketchANetTrunk(self.width_multiplier, name='trunk')(x_BxHxWx1)
+    h = nn.relu(nn.Dense(self.fc6_dim, name='fc6')(f.reshape(f.shape[0], -1)))
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return nn.Dense(self.num_classes, name='classifier')(h)

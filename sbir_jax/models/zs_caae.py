@@ -35,12 +35,8 @@ class DeterministicEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, img_BxD, sketch_BxD, train: bool):
-    h = jnp.concatenate([img_BxD, sketch_BxD], axis=-1)
-    for i, width in enumerate(self.hidden_dims):
-      h = nn.relu(nn.Dense(width)(h))
-      h = nn.BatchNorm(use_running_average=not train, **zs_cvae.BATCH_NORM)(h)
-      if i == 0:
-        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    h = zs_cvae.encoder_trunk(img_BxD, sketch_BxD, self.hidden_dims,
+                              self.dropout_rate, train)
     return nn.Dense(self.latent_dim, name='z')(h)
 
 

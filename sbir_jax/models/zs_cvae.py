@@ -28,6 +28,23 @@ import jax.numpy as jnp
 BATCH_NORM = dict(momentum=0.99, epsilon=1e-3)
 
 
+def encoder_trunk(img_BxD: jax.Array, sketch_BxD: jax.Array,
+                  hidden_dims: Sequence[int], dropout_rate: float,
+                  train: bool) -> jax.Array:
+  """concat -> (Dense, ReLU, BN) per width, dropout after the first block.
+
+  Called inside a compact method, so its layers belong to (and are named in)
+  the calling encoder.
+  """
+  h = jnp.concatenate([img_BxD, sketch_BxD], axis=-1)
+  for i, width in enumerate(hidden_dims):
+    h = nn.relu(nn.Dense(width)(h))
+    h = nn.BatchNorm(use_running_average=not train, **BATCH_NORM)(h)
+    if i == 0:  # Dropout after the first block only, as in the paper.
+      h = nn.Dropout(dropout_rate, deterministic=not train)(h)
+  return h
+
+
 class Encoder(nn.Module):
   """q(z | x_img, x_sketch) -> (mu, logvar), both tanh-bounded."""
   hidden_dims: Sequence[int] = (4096, 2048)
@@ -36,12 +53,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, img_BxD, sketch_BxD, train: bool):
-    h = jnp.concatenate([img_BxD, sketch_BxD], axis=-1)
-    for i, width in enumerate(self.hidden_dims):
-      h = nn.relu(nn.Dense(width)(h))
-      h = nn.BatchNorm(use_running_average=not train, **BATCH_NORM)(h)
-      if i == 0:  # Dropout after the first block only, as in the paper.
-        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    h = encoder_trunk(img_BxD, sketch_BxD, self.hidden_dims, self.dropout_rate, train)
     mu_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='mu')(h))
     logvar_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='logvar')(h))
     return mu_BxZ, logvar_BxZ

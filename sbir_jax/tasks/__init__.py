@@ -29,4 +29,8 @@ def get_task(config: ml_collections.ConfigDict, mesh):
   if config.task == 'zs_sbir':
     from sbir_jax.tasks import zs_sbir
     return zs_sbir.ZsSbirTask(config, mesh)
-  raise ValueError(f'Unknown config.task {config.task!r}; known: fg_sbir, composed, zs_sbir.')
+  if config.task == 'sketch_classification':
+    from sbir_jax.tasks import sketch_classification
+    return sketch_classification.SketchClassificationTask(config, mesh)
+  raise ValueError(f'Unknown config.task {config.task!r}; known: fg_sbir, composed, '
+                   'zs_sbir, sketch_classification.')

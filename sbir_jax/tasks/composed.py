@@ -12,9 +12,15 @@ config.data.image_size). Test queries follow TIRG (Fashion200k: its
 test_queries.txt; MIT-States: every image with every other adjective of its
 noun); training pairs too (captions one word apart; same noun, other
 adjective).
-Validation: config.data.val_fraction of the training modification texts
-(whole texts) are held out of training; their queries are ranked against the
-images they involve, and pick the checkpoint (val_recall@1). Test: every
+LBF's entities are grid cells of the image (default), or per-image regions
+(config.model.entities_from): given boxes or precomputed region features from
+config.data.regions_file (`datasets/regions.py`), or CSS-style scenes' object
+boxes; each split then feeds the model a dict of regions instead of pixels.
+Validation: config.data.val_fraction of the training data is held out of
+training, either whole modification texts or reference images with all their
+pairs (config.data.val_holdout); val queries are ranked against the images
+they involve, and pick the checkpoint (val_recall@1). The test split is only
+evaluated on the checkpoint that validation selected. Test: every
 (from, to) pair of every test text, ranked against all test images.
 """
 import dataclasses
@@ -22,13 +28,14 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Union
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
@@ -38,10 +45,12 @@ from jax.experimental import multihost_utils
 
 from sbir_jax import losses
 from sbir_jax import sharding
+from sbir_jax import train
 from sbir_jax.datasets import css_style
 from sbir_jax.datasets import css_style_generator as gen
 from sbir_jax.datasets import fashion200k
 from sbir_jax.datasets import mit_states
+from sbir_jax.datasets import regions as regions_lib
 from sbir_jax.evaluators import recall_at_k
 from sbir_jax.models import composed_baselines
 from sbir_jax.models import lbf
@@ -50,6 +59,26 @@ from sbir_jax.models import tirg
 
 MODELS = ('lbf', 'tirg') + composed_baselines.KINDS
 LOSSES = ('soft_triplet', 'batch_classification')
+SCHEDULES = ('constant', 'cosine')
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The trainer's optimizer with its step size multiplied by
+  config.optimizer.schedule: constant (TIRG on CSS), or cosine (linear
+  warm-up over warmup_steps, then cosine decay to 0 at num_train_steps)."""
+  opt = config.optimizer
+  tx = train.make_optimizer(opt, config.get('frozen', ()))
+  if opt.schedule == 'constant':
+    return tx
+  if opt.schedule != 'cosine':
+    raise ValueError(f'config.optimizer.schedule={opt.schedule!r}; use one of {SCHEDULES}.')
+  if not 0 <= opt.warmup_steps < config.num_train_steps:
+    raise ValueError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
+                     f'[0, num_train_steps={config.num_train_steps}).')
+  factor = optax.warmup_cosine_decay_schedule(0.0, 1.0, opt.warmup_steps,
+                                              config.num_train_steps, 0.0)
+  # Scaling the final update scales the learning rate (Adam and SGD alike).
+  return optax.chain(tx, optax.scale_by_schedule(factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +91,15 @@ class ComposedSplit:
   texts: list  # (Q,) modification texts
   tokens: np.ndarray  # (Q, L) int32
   gallery_ids: np.ndarray  # (G,) images ranked for this split's queries
+  # LBF with entities from boxes / region features: per-image regions.
+  regions: Optional[regions_lib.Regions] = None
+
+  def inputs(self, ids: np.ndarray) -> Union[np.ndarray, dict]:
+    """The model's image input for images `ids`: pixels, or a dict of regions."""
+    if self.regions is None:
+      return self.images[ids]
+    pixels = None if self.regions.features is not None else self.images
+    return self.regions.take(ids, pixels)
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int):
@@ -74,7 +112,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int):
     rows, cols = lbf.ENTITY_GRIDS[m.size]
     return lbf.Lbf(**common, num_heads=m.num_heads, vep_layers=m.vep_layers,
                    tep_layers=m.tep_layers, cross_layers=m.cross_layers,
-                   entity_rows=rows, entity_cols=cols,
+                   entity_rows=rows, entity_cols=cols, entities_from=m.entities_from,
                    max_text_length=config.data.max_text_length)
   if m.name == 'tirg':
     return tirg.Tirg(**common)
@@ -214,6 +252,66 @@ def _read_mit_states(manual_dir: str, tfds_dir: str, size: int) -> dict:
   return raw
 
 
+def uses_regions(config: ml_collections.ConfigDict) -> bool:
+  """LBF with entities from given boxes or region features (not the grid)."""
+  return config.model.name == 'lbf' and config.model.entities_from != 'grid'
+
+
+def load_regions(config: ml_collections.ConfigDict, split: str, split_raw: dict
+                 ) -> regions_lib.Regions:
+  """The split's regions, from config.data.regions_file or, for CSS-style
+  data without one, the scenes' object boxes; at most K (big/small) each."""
+  m, data = config.model, config.data
+  if m.entities_from not in lbf.ENTITY_SOURCES:
+    raise ValueError(f'config.model.entities_from={m.entities_from!r}; use one of '
+                     f'{lbf.ENTITY_SOURCES}.')
+  if data.regions_file:
+    regions = regions_lib.read_region_file(
+        data.regions_file, split, len(split_raw['images']),
+        need_features=m.entities_from == 'region_features')
+  elif m.entities_from == 'boxes' and 'objects' in split_raw:
+    regions = regions_lib.scene_regions(split_raw['objects'])
+  else:
+    raise ValueError(
+        f'config.model.entities_from={m.entities_from} needs config.data.regions_file '
+        '(an .npz of per-image boxes and features; see sbir_jax/datasets/regions.py)'
+        + ('' if m.entities_from == 'region_features' else
+           ', or CSS-style data, whose scenes give the object boxes') + '.')
+  rows, cols = lbf.ENTITY_GRIDS[m.size]
+  return regions.truncated(rows * cols)
+
+
+def _split_pairs(mod: dict, keep) -> dict:
+  """The mod restricted to its (from, to) pairs for which keep(from, to)."""
+  pairs = [(f, t) for f, t in zip(mod['from'], mod['to']) if keep(int(f), int(t))]
+  return {'from': [f for f, _ in pairs], 'to': [t for _, t in pairs],
+          'to_str': mod['to_str']}
+
+
+def split_train_mods(mods: list, data: ml_collections.ConfigDict
+                     ) -> tuple[list, list]:
+  """(fit mods, val mods): data.val_fraction of the training data held out to
+  select the checkpoint, by data.val_holdout:
+    texts    whole modification texts (val: unseen texts on seen images);
+    sources  reference images, with every pair that starts from them (val:
+             unseen images, ranked among their other modified versions, as
+             the test queries are); no fit pair touches a held-out image.
+  """
+  rng = np.random.default_rng(data.val_split_seed)
+  if data.val_holdout == 'texts':
+    order = rng.permutation(len(mods))
+    num_val = int(round(len(mods) * data.val_fraction))
+    return ([mods[i] for i in np.sort(order[num_val:])],
+            [mods[i] for i in np.sort(order[:num_val])])
+  if data.val_holdout != 'sources':
+    raise ValueError(f'config.data.val_holdout={data.val_holdout!r}; use texts or sources.')
+  sources = np.unique([int(f) for m in mods for f in m['from']])
+  held = set(rng.permutation(sources)[:int(round(len(sources) * data.val_fraction))].tolist())
+  fit = [_split_pairs(m, lambda f, t: f not in held and t not in held) for m in mods]
+  val = [_split_pairs(m, lambda f, t: f in held) for m in mods]
+  return [m for m in fit if m['from']], [m for m in val if m['from']]
+
+
 def _queries(mods: list) -> tuple[np.ndarray, np.ndarray, list]:
   sources, targets, texts = [], [], []
   for mod in mods:
@@ -241,29 +339,28 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
     raise ValueError(f'config.data.source={data.source!r}; use css_style, '
                      'fashion200k or mit_states.')
 
-  train_mods = raw['train']['mods']
-  order = np.random.default_rng(data.val_split_seed).permutation(len(train_mods))
-  num_val = int(round(len(train_mods) * data.val_fraction))
-  val_mods = [train_mods[i] for i in np.sort(order[:num_val])]
-  fit_mods = [train_mods[i] for i in np.sort(order[num_val:])]
+  fit_mods, val_mods = split_train_mods(raw['train']['mods'], data)
   vocab = text.Vocabulary(m['to_str'] for m in fit_mods)
 
-  def make(split_raw, mods, gallery_ids):
+  regions = ({split: load_regions(config, split, raw[split]) for split in ('train', 'test')}
+             if uses_regions(config) else {})
+
+  def make(split, mods, gallery_ids):
     sources, targets, texts = _queries(mods)
-    return ComposedSplit(split_raw['images'], split_raw['labels'], sources, targets,
+    return ComposedSplit(raw[split]['images'], raw[split]['labels'], sources, targets,
                          texts, vocab.encode(texts, data.max_text_length),
-                         gallery_ids)
+                         gallery_ids, regions.get(split))
 
   splits = {}
   fit_sources, fit_targets, _ = _queries(fit_mods)
-  splits['train'] = make(raw['train'], fit_mods,
+  splits['train'] = make('train', fit_mods,
                          np.unique(np.concatenate([fit_sources, fit_targets])))
   if val_mods:
     val_sources, val_targets, _ = _queries(val_mods)
-    splits['val'] = make(raw['train'], val_mods,
+    splits['val'] = make('train', val_mods,
                          np.unique(np.concatenate([val_sources, val_targets])))
   test = raw['test']
-  splits['test'] = make(test, test['mods'], np.arange(len(test['images'])))
+  splits['test'] = make('test', test['mods'], np.arange(len(test['images'])))
   return splits, vocab, fit_mods
 
 
@@ -299,10 +396,16 @@ class ComposedTask:
   def model(self):
     return build_model(self.config, len(self.vocab))
 
-  # --- model and loss ------------------------------------------------------
+  # --- model, state and loss ---------------------------------------------
+  def create_state(self, rng: jax.Array) -> train.TrainState:
+    """The trainer's state, with the scheduled optimizer (a trainer hook)."""
+    return train.TrainState.create(apply_fn=self.model.apply,
+                                   params=self.init_params(rng),
+                                   tx=make_optimizer(self.config))
+
   def init_params(self, rng: jax.Array) -> Any:
-    size = gen.IMAGE_SIZE
-    images = jnp.zeros((2, size, size, 3), jnp.uint8)
+    images = self.splits['train'].inputs(np.arange(2))  # Shapes only.
+    images = jax.tree.map(jnp.zeros_like, images)
     tokens = jnp.ones((2, self.config.data.max_text_length), jnp.int32)
     variables = self.model.init(rng, images, tokens, images)
     if self.config.model.backbone == 'efficientnet_lite0':
@@ -363,8 +466,8 @@ class ComposedTask:
       pair = [int(p * len(mods[m]['from'])) for m, p in zip(mod_ids, picks)]
       sources = np.array([mods[m]['from'][k] for m, k in zip(mod_ids, pair)])
       targets = np.array([mods[m]['to'][k] for m, k in zip(mod_ids, pair)])
-      yield {'reference': split.images[sources], 'tokens': tokens[mod_ids],
-             'target': split.images[targets]}
+      yield {'reference': split.inputs(sources), 'tokens': tokens[mod_ids],
+             'target': split.inputs(targets)}
       step += 1
 
   # --- evaluation ------------------------------------------------------------
@@ -382,30 +485,31 @@ class ComposedTask:
                               method=self.model.embed_target)
     return jax.jit(embed, out_shardings=sharding.replicated(self.mesh))
 
-  def _batched(self, fn, params, *arrays: np.ndarray) -> np.ndarray:
-    """fn over fixed-size, padded batches sharded on `data`; (N, D) numpy."""
+  def _batched(self, fn, params, *inputs) -> np.ndarray:
+    """fn over fixed-size, padded batches sharded on `data`; (N, D) numpy.
+    Each input is an array or a dict of arrays (regions) with N rows."""
     batch = self.config.eval.batch_size
     sharding.check_batch_size(batch, 'config.eval.batch_size')
-    n = len(arrays[0])
+    n = len(jax.tree.leaves(inputs)[0])
     rows = sharding.process_rows(batch)
-    padded = [np.concatenate([a, np.repeat(a[:1], -n % batch, axis=0)])
-              for a in arrays]
+    padded = jax.tree.map(
+        lambda a: np.concatenate([a, np.repeat(a[:1], -n % batch, axis=0)]), inputs)
     out = []
     for start in range(0, n + (-n % batch), batch):
-      local = [p[start:start + batch][rows] for p in padded]
+      local = jax.tree.map(lambda p: p[start:start + batch][rows], padded)
       out.append(np.asarray(fn(params, *sharding.to_global(local, self.mesh))))
     return np.concatenate(out)[:n]
 
-  def embed_queries(self, params, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+  def embed_queries(self, params, images, tokens: np.ndarray) -> np.ndarray:
     return self._batched(self._compose_fn, params, images, tokens)
 
-  def embed_gallery(self, params, images: np.ndarray) -> np.ndarray:
+  def embed_gallery(self, params, images) -> np.ndarray:
     return self._batched(self._target_fn, params, images)
 
   def evaluate(self, params, split: str) -> dict[str, float]:
     data = self.splits[split]
-    queries = self.embed_queries(params, data.images[data.source_ids], data.tokens)
-    gallery = self.embed_gallery(params, data.images[data.gallery_ids])
+    queries = self.embed_queries(params, data.inputs(data.source_ids), data.tokens)
+    gallery = self.embed_gallery(params, data.inputs(data.gallery_ids))
     # Query sources as positions in the gallery (the gallery holds them all).
     position = {int(g): i for i, g in enumerate(data.gallery_ids)}
     sources_in_gallery = np.array([position[int(s)] for s in data.source_ids])

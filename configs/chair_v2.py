@@ -1,0 +1,12 @@
+"""DSSA on QMUL-Chair-V2 (stroke sketches, RGB photos as edge maps by default).
+
+Several sketches per photo: train 300 photos / 952 sketches, test 100 / 323,
+no triplet annotation (true-match triplets). `--config.data.photo_input=rgb`
+keeps the RGB photos (for a model with an RGB photo tower). Variants: see
+configs/fg_sbir_common.py.
+"""
+from configs import fg_sbir_common
+
+
+def get_config(arg=None):
+  return fg_sbir_common.get_config('chairv2', arg, source='qmul_chair_v2')
