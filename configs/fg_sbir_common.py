@@ -22,6 +22,13 @@ def default_manual_dir(name: str) -> str:
   return path if os.path.isdir(path) else ''
 
 
+# Input and width settings that a pre-training config must share with the
+# FG-SBIR variant it initialises (configs/sketch_pretrain.py uses them too).
+CPU_INPUTS = dict(load_size=144, crop_size=129)
+TINY_INPUTS = dict(load_size=112, crop_size=97)
+TINY_WIDTHS = dict(width_multiplier=0.125, fc6_dim=32)
+
+
 def _use_rgb_photos(config: ml_collections.ConfigDict, model_name: str) -> None:
   """RGB photos through an ImageNet EfficientNet-Lite0 (sbir_jax/models/rgb_dssa.py)."""
   config.data.photo_input = 'rgb'
@@ -72,8 +79,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.data.triplet_sampling = 'true_match'
     config.loss.negatives = 'batch'
     config.num_train_steps = 1750
-    config.data.load_size = 144
-    config.data.crop_size = 129
+    config.data.update(CPU_INPUTS)
     config.batch_size = 32
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 1e-4
@@ -82,7 +88,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.log_every_steps = 50
   elif variant == 'pretrained':
     # The run of configs/sketch_pretrain.py with the matching input size.
-    suffix = '_cpu' if config.data.crop_size == 129 else ''
+    suffix = '_cpu' if config.data.crop_size == CPU_INPUTS['crop_size'] else ''
     config.init_from = os.path.join('workdir', f'sketch_pretrain{suffix}')
   elif variant == 'freeze_conv1_4':  # The released code's option.
     config.frozen = tuple(f'trunk/conv{i}' for i in range(1, 5))
@@ -90,10 +96,8 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     _use_rgb_photos(config, variant)
   elif variant == 'tiny':
     # For tests: seconds per run, no claim about accuracy.
-    config.data.load_size = 112
-    config.data.crop_size = 97
-    config.model.width_multiplier = 0.125
-    config.model.fc6_dim = 32
+    config.data.update(TINY_INPUTS)
+    config.model.update(TINY_WIDTHS)
     config.model.embed_dim = 16
     config.batch_size = 8
     config.num_train_steps = 4

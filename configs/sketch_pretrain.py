@@ -18,8 +18,7 @@ from configs import fg_sbir_common
 
 def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   if variant == 'cpu':  # Same inputs as fg_sbir_common's `cpu`.
-    config.data.load_size = 144
-    config.data.crop_size = 129
+    config.data.update(fg_sbir_common.CPU_INPUTS)
     config.input_scale = 1.0 / 255.0
     config.batch_size = 64
     config.num_train_steps = 1200
@@ -31,10 +30,8 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   elif variant == 'quickdraw':
     config.data.sources = ('tu_berlin', 'quickdraw')
   elif variant == 'tiny':  # Matches fg_sbir_common's `tiny`; for tests.
-    config.data.load_size = 112
-    config.data.crop_size = 97
-    config.model.width_multiplier = 0.125
-    config.model.fc6_dim = 32
+    config.data.update(fg_sbir_common.TINY_INPUTS)
+    config.model.update(fg_sbir_common.TINY_WIDTHS)
     config.batch_size = 16
     config.num_train_steps = 4
     config.checkpoint_every_steps = 2
