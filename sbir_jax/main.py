@@ -63,7 +63,7 @@ def main(argv):
   logging.info('Process %d/%d, %d devices, workdir %s', jax.process_index(),
                jax.process_count(), jax.device_count(), workdir)
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir, config_arg=_config_arg())
   elif FLAGS.mode == 'eval':
     train.evaluate(FLAGS.config, workdir, FLAGS.checkpoint)
   else:

@@ -38,6 +38,7 @@ from PIL import ImageOps
 
 from sbir_jax import input_pipeline
 from sbir_jax import sharding
+from sbir_jax.models import energies
 
 P = jax.sharding.PartitionSpec
 
@@ -81,9 +82,10 @@ def scorer_for_energy(kind: str, energy_params: Optional[dict]) -> Scorer:
   if kind == 'holef':
     return Scorer('holef', np.asarray(energy_params['W'], np.float32))
   if kind == 'weighted':
-    # sum_i w_i (s_i - p_i)^2 is HOLEF with a diagonal W (w clipped as there).
-    w = np.maximum(np.asarray(energy_params['w'], np.float32), 0.0)
-    return Scorer('holef', np.diag(w))
+    # sum_i w_i (s_i - p_i)^2 is HOLEF with W = diag(w), w as the model has it.
+    w = energies.weighted_energy_weights(
+        jnp.asarray(energy_params[energies.WEIGHTED_PARAM], jnp.float32))
+    return Scorer('holef', np.diag(np.asarray(w)))
   if kind == 'mahalanobis':
     return Scorer('mahalanobis', np.asarray(energy_params['W'], np.float32))
   raise ValueError(f'No retrieval score for energy {kind!r}.')

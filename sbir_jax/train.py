@@ -24,6 +24,7 @@ from clu import periodic_actions
 from etils import epath
 
 from sbir_jax import checkpointing
+from sbir_jax import records
 from sbir_jax import sharding
 from sbir_jax import tasks
 from sbir_jax import warm_start
@@ -151,8 +152,12 @@ def evaluate_checkpoint(task, state, manager, which, splits) -> tuple[int, dict]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after_steps: Optional[int] = None) -> dict:
-  """Trains (resuming if the workdir has a checkpoint), then tests the best.
+                       stop_after_steps: Optional[int] = None,
+                       config_arg: Optional[str] = None) -> dict:
+  """Trains (resuming if the workdir has a checkpoint), then evaluates the
+  checkpoint selected on validation on val and test, and writes results.json
+  and the run's record (`records.py`; `config_arg` names the config file and
+  variants in it).
 
   `stop_after_steps` ends the loop early as a kill would (for tests).
   """
@@ -214,9 +219,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager.wait_until_finished()
   train_seconds = time.time() - start_time
 
-  # --- Test on the checkpoint selected on validation --------------------------
+  # --- Val and test of the checkpoint selected on validation -------------------
   which = 'best' if has_val else 'latest'
-  step, metrics = evaluate_checkpoint(task, state, manager, which, ['test'])
+  step, metrics = evaluate_checkpoint(task, state, manager, which,
+                                      ['val', 'test'] if has_val else ['test'])
   results = {'selected_checkpoint': which, 'selected_step': step,
              'train_seconds_this_run': train_seconds, 'trained_steps': total,
              'devices': jax.device_count(), 'platform': jax.default_backend(),
@@ -224,6 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.write_scalars(step, metrics)
   writer.flush()
   _write_results(workdir, {'train': results})
+  if jax.process_index() == 0:
+    records.write_record(workdir, records.make_record(config, config_arg, results))
   _write_task_outputs(task, workdir)
   logging.info('Test on %s checkpoint (step %d): %s', which, step, metrics)
   return results

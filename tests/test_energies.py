@@ -70,3 +70,36 @@ def test_holef_regulariser_value_and_gradient_at_identity():
 def test_unknown_energy_is_refused():
   with pytest.raises(ValueError, match='Unknown energy'):
     energies.Energy('cosine', 4).init(jax.random.key(0), jnp.ones((1, 4)), jnp.ones((1, 4)))
+
+
+def test_weighted_matches_its_literal_definition_with_nonnegative_weights():
+  module, params = _energy('weighted', 6, jax.random.key(0))
+  w = energies.weighted_energy_weights(params['params'][energies.WEIGHTED_PARAM])
+  s = jax.random.normal(jax.random.key(1), (4, 6))
+  p = jax.random.normal(jax.random.key(2), (3, 6))
+  literal = jnp.sum(w[None, None] * (s[:, None] - p[None]) ** 2, axis=-1)
+  np.testing.assert_allclose(module.apply(params, s, p), literal, rtol=1e-5, atol=1e-5)
+  assert np.all(w >= 0) and not np.allclose(w, 1.0)
+
+
+def test_weighted_starts_at_unit_weights():
+  module, params = _energy('weighted', 4, jax.random.key(0), perturb=False)
+  w = energies.weighted_energy_weights(params['params'][energies.WEIGHTED_PARAM])
+  np.testing.assert_allclose(w, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('pre', [-60.0, -5.0, 0.0])
+def test_weighted_gradients_are_finite_where_weights_reach_zero(pre):
+  # softplus(-60) underflows to w = 0 in float32: the old sqrt(max(w, 0))
+  # gave a NaN gradient there and training stopped.
+  module = energies.Energy('weighted', 3)
+  params = {'params': {energies.WEIGHTED_PARAM: jnp.full((3,), pre)}}
+  s, p = jnp.array([[1.0, 0.0, 2.0]]), jnp.array([[1.0, 1.0, 0.0]])
+
+  def loss(v, s):
+    return (module.apply(v, s, p, method=energies.Energy.paired).sum()
+            + module.apply(v, s, p, method=energies.Energy.pairwise).sum())
+
+  grads_params, grads_s = jax.grad(loss, argnums=(0, 1))(params, s)
+  assert np.all(np.isfinite(grads_params['params'][energies.WEIGHTED_PARAM]))
+  assert np.all(np.isfinite(grads_s))

@@ -16,7 +16,7 @@ def _run(*args, env_extra=None):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_cli_train_then_eval_latest(tmp_path, tfds_dir, qmul_v1_dir):
+def test_cli_train_then_eval_the_selected_step(tmp_path, tfds_dir, qmul_v1_dir):
   # A relative workdir, as users type it (Orbax itself needs absolute paths).
   common = ['--config=configs/handbag.py:tiny',
             f'--workdir={os.path.relpath(tmp_path, REPO)}',
@@ -24,13 +24,26 @@ def test_cli_train_then_eval_latest(tmp_path, tfds_dir, qmul_v1_dir):
             f'--config.data.manual_dir={qmul_v1_dir}']
   trained = _run(*common)
   assert trained.returncode == 0, trained.stderr[-3000:]
-  evaluated = _run(*common, '--mode=eval', '--checkpoint=latest')
+  results = json.loads((tmp_path / 'results.json').read_text())
+  selected = results['train']['selected_step']
+  # Whichever step validation selected, eval of that step (named by number)
+  # reproduces the numbers training reported for it, on val and on test.
+  evaluated = _run(*common, '--mode=eval', f'--checkpoint={selected}')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['eval_latest']['step'] == 4
-  assert 0 <= results['eval_latest']['test_acc@1'] <= 100
-  assert results['eval_latest']['test_acc@1'] == pytest.approx(
-      results['train']['test_acc@1']) or results['train']['selected_step'] != 4
+  got = results[f'eval_{selected}']
+  assert got['step'] == selected
+  for name in ('val_acc@1', 'val_acc@10', 'test_acc@1', 'test_acc@10'):
+    assert got[name] == pytest.approx(results['train'][name]), name
+  # The run's record names what produced it.
+  record = json.loads((tmp_path / 'record.json').read_text())
+  assert record['config_arg'] == 'configs/handbag.py:tiny'
+  assert record['selected_step'] == selected and record['seed'] == 0
+  assert record['test']['acc@1'] == results['train']['test_acc@1']
+  assert record['val']['acc@1'] == results['train']['val_acc@1']
+  assert len(record['git']['commit']) == 40
+  assert record['data']['manual_dir']['files'] > 0
+  assert len(record['data']['manual_dir']['sha256']) == 64
 
 
 def test_cli_unknown_config_key_fails_clearly(tmp_path):

@@ -4,10 +4,13 @@ Used by zero-shot SBIR (Yelamarthi et al., ECCV 2018, section 5): a gallery
 item is relevant to a query when it has the query's class.
 
 Ranking and ties: the gallery is sorted by score, higher first (similarity,
-e.g. cosine; pass `-distance` for distances). Items with exactly equal scores
-keep their gallery order (a stable sort), so the ranking, and every metric,
-is deterministic. With real-valued features exact ties are rare; the tests
-pin this rule on hand-made rankings.
+e.g. cosine; pass `-distance` for distances). Ties never help (the rule of
+`ranking.py`): among items with exactly equal scores the irrelevant ones rank
+first, then gallery order, so the ranking is deterministic and a collapsed
+model scores the worst ranking, not a lucky one. With real-valued features
+exact ties are rare; the tests pin this rule on hand-made rankings. A query
+with no relevant item in the gallery, NaN scores or an empty gallery are
+refused with a message naming the rows, never scored.
 
 Definitions, for one query with relevance r_1..r_n in rank order:
   P@K         = (1/K) sum_{i<=K} r_i.
@@ -24,25 +27,29 @@ from typing import Sequence
 
 import numpy as np
 
+from sbir_jax.evaluators import ranking
+
 
 def ranked_relevance(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
                      gallery_labels_G: np.ndarray,
                      k: int | None = None) -> np.ndarray:
   """(Q, k) bool: is the i-th ranked gallery item of the query's class.
 
-  Ties in score keep gallery order (stable sort). k=None ranks the whole gallery.
+  Ties rank irrelevant items first (`ranking.py`). k=None ranks the whole gallery.
   """
-  scores_QxG = np.asarray(scores_QxG)
+  scores_QxG = ranking.check_scores(scores_QxG)
   query_labels_Q = np.asarray(query_labels_Q)
   gallery_labels_G = np.asarray(gallery_labels_G)
   if scores_QxG.ndim != 2 or scores_QxG.shape != (len(query_labels_Q),
                                                   len(gallery_labels_G)):
     raise ValueError(f'scores must be (queries, gallery) = ({len(query_labels_Q)}, '
                      f'{len(gallery_labels_G)}); got {scores_QxG.shape}.')
-  order_QxG = np.argsort(-scores_QxG, axis=1, kind='stable')
+  relevant_QxG = gallery_labels_G[None, :] == query_labels_Q[:, None]
+  ranking.check_every_query_has_a_hit(relevant_QxG, "item of the query's class")
+  order_QxG = ranking.order_ties_against(scores_QxG, relevant_QxG)
   if k is not None:
     order_QxG = order_QxG[:, :k]
-  return gallery_labels_G[order_QxG] == query_labels_Q[:, None]
+  return np.take_along_axis(relevant_QxG, order_QxG, axis=1)
 
 
 def precision_at_k(relevance_QxN: np.ndarray, k: int) -> np.ndarray:
@@ -84,29 +91,32 @@ def per_query_metrics(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
 
 
 def retrieval_metrics(scores_QxG: np.ndarray, query_labels_Q: np.ndarray,
-                      gallery_labels_G: np.ndarray,
-                      ks: Sequence[int]) -> dict[str, float]:
-  """Mean over queries of `per_query_metrics`."""
-  return {name: float(np.mean(v)) for name, v in
-          per_query_metrics(scores_QxG, query_labels_Q, gallery_labels_G, ks).items()}
+                      gallery_labels_G: np.ndarray, ks: Sequence[int],
+                      intervals: bool = True) -> dict[str, float]:
+  """Mean over queries of `per_query_metrics`, each with its 95% bootstrap
+  interval over the queries (`<name>_ci_low`, `<name>_ci_high`)."""
+  return ranking.summarise(
+      per_query_metrics(scores_QxG, query_labels_Q, gallery_labels_G, ks),
+      intervals=intervals)
 
 
 class MetricAccumulator:
-  """Means of per-query metrics over query chunks (large galleries)."""
+  """`retrieval_metrics` over query chunks (large galleries): per-query
+  values are kept (a few floats a query) so the intervals are exact."""
 
   def __init__(self, gallery_labels_G: np.ndarray, ks: Sequence[int]):
     self.gallery_labels_G = np.asarray(gallery_labels_G)
     self.ks = tuple(ks)
-    self._sums: dict[str, float] = {}
-    self._count = 0
+    self._values: dict[str, list[np.ndarray]] = {}
 
   def add(self, scores_QxG: np.ndarray, query_labels_Q: np.ndarray) -> None:
     for name, v in per_query_metrics(scores_QxG, query_labels_Q,
                                      self.gallery_labels_G, self.ks).items():
-      self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(v))
-    self._count += len(query_labels_Q)
+      self._values.setdefault(name, []).append(v)
 
-  def result(self) -> dict[str, float]:
-    if not self._count:
+  def result(self, intervals: bool = True) -> dict[str, float]:
+    if not self._values:
       raise ValueError('No queries were evaluated.')
-    return {name: total / self._count for name, total in self._sums.items()}
+    return ranking.summarise({name: np.concatenate(chunks)
+                              for name, chunks in self._values.items()},
+                             intervals=intervals)

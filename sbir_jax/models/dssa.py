@@ -33,7 +33,20 @@ class SpatialAttention(nn.Module):
     return jax.nn.softmax(logits_BxHW, axis=-1).reshape(b, h, w, 1)
 
 
-class DSSA(nn.Module):
+class EnergyModel(nn.Module):
+  """A retrieval model whose learnable energy is its `energy_fn` submodule."""
+
+  def pairwise_energy(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
+    return self.energy_fn.pairwise(s_BxD, p_NxD)
+
+  def paired_energy(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
+    return self.energy_fn.paired(s_BxD, p_BxD)
+
+  def energy_regulariser(self) -> jax.Array:
+    return self.energy_fn.regulariser()
+
+
+class DSSA(EnergyModel):
   """Embedding network plus retrieval energy.
 
   With attention=False, coarse_fine_fusion=False this is Triplet SN (the
@@ -87,15 +100,6 @@ class DSSA(nn.Module):
       return coarse
     fine = l2_normalize(jnp.sum(f, axis=(1, 2)))
     return jnp.concatenate([coarse, fine], axis=-1)
-
-  def pairwise_energy(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
-    return self.energy_fn.pairwise(s_BxD, p_NxD)
-
-  def paired_energy(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
-    return self.energy_fn.paired(s_BxD, p_BxD)
-
-  def energy_regulariser(self) -> jax.Array:
-    return self.energy_fn.regulariser()
 
   def attention_mask(self, x_BxHxWx1: jax.Array) -> Optional[jax.Array]:
     return self.attend(x_BxHxWx1)[1]

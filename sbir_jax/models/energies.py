@@ -6,7 +6,10 @@ Each energy gives D(s, p) between sketch and photo embeddings in two shapes:
 no (B, d, d) tensor is formed:
 
 - euclidean:    sum_i (s_i - p_i)^2
-- weighted:     sum_i w_i (s_i - p_i)^2, w initialised to 1
+- weighted:     sum_i w_i (s_i - p_i)^2, w initialised to 1. w >= 0 is
+                kept by w = softplus(v) with v the parameter `w_pre_softplus`:
+                a gradient exists everywhere (a clamp max(w, 0) has none once
+                a weight reaches 0, and sqrt of it gives NaN there).
 - mahalanobis:  ||M (s - p)||^2, i.e. W = M^T M, M initialised to I
 - holef:        sum_ij W_ij (s_i - p_j)^2, W initialised to I. Expanding the
                 square gives r.s^2 + c.p^2 - 2 s^T W p with r, c the row and
@@ -17,6 +20,17 @@ import jax
 import jax.numpy as jnp
 
 ENERGIES = ('euclidean', 'weighted', 'mahalanobis', 'holef')
+WEIGHTED_PARAM = 'w_pre_softplus'
+
+
+def weighted_energy_weights(w_pre_softplus: jax.Array) -> jax.Array:
+  """The weights w >= 0 of the weighted energy from its parameter."""
+  return jax.nn.softplus(w_pre_softplus)
+
+
+def _inverse_softplus_of_one(_, shape) -> jax.Array:
+  """The parameter value at which every weight is 1 (the paper's start)."""
+  return jnp.full(shape, jnp.log(jnp.expm1(1.0)))
 
 
 def _squared_norms(x_BxD: jax.Array) -> jax.Array:
@@ -33,7 +47,8 @@ class Energy(nn.Module):
       raise ValueError(f'Unknown energy {self.kind!r}; choose one of {ENERGIES} '
                        '(config.loss.energy).')
     if self.kind == 'weighted':
-      self.w = self.param('w', nn.initializers.ones, (self.dim,))
+      self.w_pre_softplus = self.param(WEIGHTED_PARAM, _inverse_softplus_of_one,
+                                       (self.dim,))
     elif self.kind in ('mahalanobis', 'holef'):
       self.W = self.param('W', lambda _, shape: jnp.eye(shape[0]),
                           (self.dim, self.dim))
@@ -42,15 +57,16 @@ class Energy(nn.Module):
     """Maps (s, p) so that the energy becomes squared Euclidean (or None)."""
     if self.kind == 'euclidean':
       return s, p
-    if self.kind == 'weighted':
-      root_w = jnp.sqrt(jnp.maximum(self.w, 0.0))[None, :]
-      return s * root_w, p * root_w
     if self.kind == 'mahalanobis':
       return s @ self.W.T, p @ self.W.T
     return None
 
   def pairwise(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
     """Energy of every sketch against every photo, (B, N)."""
+    if self.kind == 'weighted':  # No square root of w: finite gradients at w -> 0.
+      w = weighted_energy_weights(self.w_pre_softplus)
+      return ((s_BxD ** 2) @ w)[:, None] + ((p_NxD ** 2) @ w)[None, :] \
+          - 2.0 * (s_BxD * w[None, :]) @ p_NxD.T
     mapped = self._weighted_inputs(s_BxD, p_NxD)
     if mapped is not None:
       s, p = mapped
@@ -62,6 +78,9 @@ class Energy(nn.Module):
 
   def paired(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
     """Energy of row-aligned pairs, (B,)."""
+    if self.kind == 'weighted':
+      w = weighted_energy_weights(self.w_pre_softplus)
+      return ((s_BxD - p_BxD) ** 2) @ w
     mapped = self._weighted_inputs(s_BxD, p_BxD)
     if mapped is not None:
       s, p = mapped

@@ -83,7 +83,7 @@ class TwoTowers(dssa.DSSA):
     return s, p
 
 
-class SharedStem(nn.Module):
+class SharedStem(dssa.EnergyModel):
   """One EfficientNet-Lite0 for both domains, with a stem per domain."""
   embed_dim: int = 256
   energy: str = 'holef'
@@ -123,15 +123,6 @@ class SharedStem(nn.Module):
                              self.backbone.stem(photo_NxHxWx3, train)])
     emb = self._embed_stem_output(stems, train)
     return emb[:len(sketch_BxHxWx1)], emb[len(sketch_BxHxWx1):]
-
-  def pairwise_energy(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
-    return self.energy_fn.pairwise(s_BxD, p_NxD)
-
-  def paired_energy(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
-    return self.energy_fn.paired(s_BxD, p_BxD)
-
-  def energy_regulariser(self) -> jax.Array:
-    return self.energy_fn.regulariser()
 
   def __call__(self, sketch_BxHxWx1: jax.Array, photo_NxHxWx3: jax.Array,
                train: bool = False) -> tuple[jax.Array, jax.Array]:

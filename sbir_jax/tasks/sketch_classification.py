@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from sbir_jax import input_pipeline
 from sbir_jax import sharding
 from sbir_jax.datasets import preparation
+from sbir_jax.evaluators import accuracy_at_k
 from sbir_jax.datasets import sketch_classes
 from sbir_jax.models import sketch_a_net
 
@@ -154,6 +155,6 @@ class SketchClassificationTask:
                                  views.reshape((n * v,) + views.shape[2:]),
                                  self.config.eval.batch_size, self.mesh)
     probs = probs.reshape(n, v, -1).mean(axis=1)
-    # Rank of the true class: classes with a strictly higher probability.
-    rank = np.sum(probs > probs[np.arange(n), data.labels][:, None], axis=1)
-    return {f'acc@{k}': float(100.0 * np.mean(rank < k)) for k in self.config.eval.ks}
+    # Classes are the gallery, the true class the target; ties count against.
+    return accuracy_at_k.accuracy_at_k(-probs, self.config.eval.ks,
+                                       targets=data.labels.astype(np.int64))

@@ -1,0 +1,66 @@
+"""Results records and the tables built from them (sbir_jax/experiments.py)."""
+import os
+
+import pytest
+
+from sbir_jax import experiments
+from sbir_jax import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _record(label, seed, val, test1, test10, step=300):
+  return {'label': label, 'seed': seed, 'task': 'fg_sbir', 'trained_steps': 500,
+          'selected_step': step, 'train_seconds': 600.0,
+          'val': {'acc@1': val}, 'test': {'acc@1': test1, 'acc@10': test10}}
+
+
+def test_table_shows_mean_and_std_over_seeds_with_val_beside_test():
+  body = experiments.table([_record('a', 1, 20.0, 30.0, 70.0, 400),
+                            _record('a', 0, 10.0, 20.0, 60.0),
+                            _record('b', 0, 5.0, 6.0, 7.0)])
+  lines = body.strip().split('\n')
+  assert lines[0] == ('| run | seeds | val acc@1 | test acc@1 | test acc@10 | '
+                      'steps (selected) | train min / run |')
+  assert lines[2] == '| a | 0,1 | 15.00 ± 7.07 | 25.00 ± 7.07 | 65.00 ± 7.07 | 500 (300/400) | 10.0 |'
+  assert lines[3] == '| b | 0 | 5.00 | 6.00 | 7.00 | 500 (300) | 10.0 |'
+
+
+def test_readme_block_is_replaced_and_a_missing_block_named():
+  text = 'intro\n<!-- results:s -->\nold\n<!-- /results:s -->\nend\n'
+  new = experiments.replace_block(text, 's', 'new\n')
+  assert new == 'intro\n<!-- results:s -->\nnew\n<!-- /results:s -->\nend\n'
+  assert experiments.current_block(new, 's') == 'new\n'
+  with pytest.raises(ValueError, match='no block for study .t.'):
+    experiments.replace_block(text, 't', 'x')
+
+
+def test_run_names_are_file_names():
+  assert experiments.run_name('configs/shoes.py:cpu,sampled_negatives',
+                              ['num_train_steps=500'], 1) == (
+                                  'shoes_cpu_sampled_negatives_num_train_steps-500_seed1')
+
+
+def test_every_readme_table_equals_the_table_of_its_records():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  root = experiments.RESULTS_ROOT
+  studies = sorted(s for s in os.listdir(root) if any(
+      n.endswith('.json') for n in os.listdir(os.path.join(root, s))))
+  assert studies, 'results/ holds no study'  # The README's tables come from here.
+  for study in studies:
+    expected = experiments.table(experiments.load_records(study))
+    assert experiments.current_block(readme, study) == expected, (
+        f'README table of {study} is stale: run python -m sbir_jax.experiments '
+        f'table --study={study} --readme=README.md')
+    for record in experiments.load_records(study):
+      assert record['git']['commit'] and record['data'] and record['machine']
+
+
+def test_fingerprint_changes_with_content(tmp_path):
+  (tmp_path / 'a.txt').write_text('one')
+  first = records.fingerprint_files(str(tmp_path))
+  (tmp_path / 'a.txt').write_text('two')
+  second = records.fingerprint_files(str(tmp_path))
+  assert first['files'] == second['files'] == 1
+  assert first['sha256'] != second['sha256']
