@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from sbir_jax.models import zs_baselines
 from sbir_jax.models import zs_caae
@@ -48,6 +49,46 @@ def test_kl_and_loss_terms():
   assert parts['recon'] == pytest.approx(1.0)
   assert parts['sketch_recon'] == pytest.approx(1.0)
   assert total == pytest.approx(1.0 + 0.25 + 10.0)
+
+
+def test_caae_loss_adds_the_adversarial_term_to_the_reconstruction():
+  out = dict(img_hat=jnp.ones((2, 3)), sketch_hat=jnp.zeros((2, 3)))
+  fake_logits = jnp.zeros(2)  # D = 1/2: minimax term log(1/2).
+  total, parts = zs_caae.caae_loss(out, jnp.zeros((2, 3)), jnp.ones((2, 3)),
+                                   fake_logits, sketch_recon_weight=10.0,
+                                   adversarial_weight=2.0)
+  assert parts['recon'] == pytest.approx(1.0)
+  assert parts['sketch_recon'] == pytest.approx(1.0)
+  assert parts['adversarial'] == pytest.approx(-np.log(2), rel=1e-6)
+  assert total == pytest.approx(1.0 + 10.0 - 2.0 * np.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize('variant,module,name', [('tiny', zs_cvae, 'cvae_loss'),
+                                                 ('tiny,caae', zs_caae, 'caae_loss')])
+def test_the_trainer_minimises_the_tested_loss(variant, module, name, monkeypatch):
+  """tasks/zs_sbir.py's train step takes its loss, and the gradient it
+  descends, from `cvae_loss` / `caae_loss` (tested above) and from nothing
+  else: with the loss replaced by a constant, the step reports that constant
+  and a zero gradient."""
+  from configs import zs_sketchy
+  from sbir_jax import sharding
+  calls = []
+  real = getattr(module, name)
+
+  def constant_loss(*args, **kwargs):
+    loss, parts = real(*args, **kwargs)
+    calls.append(name)
+    return 0.0 * loss + 123.0, parts
+  monkeypatch.setattr(module, name, constant_loss)
+  task = zs_sbir.ZsSbirTask(zs_sketchy.get_config(variant), sharding.make_mesh())
+  rng = np.random.default_rng(0)
+  batch = {k: np.abs(rng.normal(size=(8, task.config.features.dim))).astype(np.float32)
+           for k in ('sketch', 'photo')}
+  state = jax.jit(task.create_state)(jax.random.key(0))  # Jitted: compiles once.
+  _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
+  assert calls == [name]
+  assert float(metrics['loss']) == 123.0
+  assert float(metrics['grad_norm']) == 0.0
 
 
 def test_caae_parts_and_adversarial_losses():
@@ -105,6 +146,82 @@ def test_eszsl_and_sae_project_onto_their_class_vectors():
     predicted = np.argmax(proj @ semantic.T / np.linalg.norm(proj, axis=1,
                                                              keepdims=True), axis=1)
     assert np.mean(predicted == labels) == 1.0
+
+
+# --- ESZSL and SAE against their papers, computed another way ------------------
+# Shapes (D features, A semantic dims): D != A so a transposed map has the wrong
+# shape, D == A so it has the right shape and must fail on its values. C = 4
+# classes < A, as with word vectors (a singular S S^T, as in real use). The
+# regularisers are distinct and large enough to move the solution, so a swap
+# of gamma and lambda, or a lost (1 + lambda), changes it.
+SHAPES = ((7, 5), (6, 6), (5, 8))
+
+
+def _random_case(d, a, seed=0, n=40, c=4):
+  rng = np.random.default_rng(seed)
+  x_NxD = rng.normal(size=(n, d))
+  x_NxD /= np.linalg.norm(x_NxD, axis=1, keepdims=True)  # As the task feeds them.
+  labels_N = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
+  semantic_CxA = rng.normal(size=(c, a))
+  return x_NxD, labels_N, semantic_CxA
+
+
+def _assert_minimises(objective, w, seed=1, directions=5):
+  """w minimises the convex quadratic `objective`: every directional
+  derivative at w is 0. For a quadratic the central difference with step 1 is
+  the exact derivative; it is compared with the curvature along the same
+  direction, which is far from 0."""
+  rng = np.random.default_rng(seed)
+  base = objective(w)
+  for _ in range(directions):
+    r = rng.normal(size=w.shape)
+    slope = 0.5 * (objective(w + r) - objective(w - r))
+    curvature = objective(w + r) + objective(w - r) - 2 * base
+    assert curvature > 1e-3
+    assert abs(slope) <= 1e-9 * curvature, (slope, curvature)
+
+
+@pytest.mark.parametrize('d,a', SHAPES)
+def test_eszsl_is_the_papers_closed_form_and_minimises_its_objective(d, a):
+  """Romera-Paredes & Torr (ICML 2015), eq. (6) with the paper's shapes:
+  X (d, m), Y (m, z) in {-1, 1}, S (a, z); V = (X X^T + g I)^-1 X Y S^T
+  (S S^T + l I)^-1 minimises ||X^T V S - Y||^2 + g ||V S||^2 + l ||X^T V||^2
+  + g l ||V||^2 (eq. (5), beta = gamma lambda)."""
+  x_NxD, labels_N, semantic_CxA = _random_case(d, a)
+  gamma, lam = 0.3, 4.0
+  v = zs_baselines.eszsl_projection(x_NxD, labels_N, semantic_CxA, gamma, lam)
+  assert v.shape == (d, a)
+  x, s = x_NxD.T, semantic_CxA.T  # The paper's X (d, m) and S (a, z).
+  y = np.where(labels_N[:, None] == np.arange(len(semantic_CxA))[None], 1.0, -1.0)
+
+  def objective(v):
+    return (np.sum((x.T @ v @ s - y) ** 2) + gamma * np.sum((v @ s) ** 2)
+            + lam * np.sum((x.T @ v) ** 2) + gamma * lam * np.sum(v ** 2))
+  _assert_minimises(objective, v)
+  # The normal equations (X X^T + g I) V (S S^T + l I) = X Y S^T, solved as one
+  # linear system: vec(P V Q) = (Q^T kron P) vec(V), column-major vec.
+  p, q = x @ x.T + gamma * np.eye(d), s @ s.T + lam * np.eye(a)
+  vec = np.linalg.solve(np.kron(q.T, p), (x @ y @ s.T).reshape(-1, order='F'))
+  np.testing.assert_allclose(v, vec.reshape(d, a, order='F'), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize('d,a', SHAPES)
+def test_sae_solves_the_papers_sylvester_equation_and_minimises_its_objective(d, a):
+  """Kodirov et al. (CVPR 2017), eqs. (4)-(6) with X (d, N), S (k, N) and the
+  encoder W (k, d): W minimises ||X - W^T S||^2 + l ||W X - S||^2, i.e. solves
+  S S^T W + W (l X X^T) = (1 + l) S X^T (the released SAE.m:
+  A = S*S', B = lambda*X*X', C = (1+lambda)*S*X', W = sylvester(A, B, C))."""
+  x_NxD, labels_N, semantic_CxA = _random_case(d, a)
+  lam = 0.2
+  w_t = zs_baselines.sae_projection(x_NxD, labels_N, semantic_CxA, lam)
+  assert w_t.shape == (d, a)  # W^T: a feature row x maps to x W^T.
+  x, s = x_NxD.T, semantic_CxA[labels_N].T  # (d, N), (k, N).
+
+  def objective(w):
+    return np.sum((x - w.T @ s) ** 2) + lam * np.sum((w @ x - s) ** 2)
+  _assert_minimises(objective, w_t.T)
+  reference = scipy.linalg.solve_sylvester(s @ s.T, lam * x @ x.T, (1 + lam) * s @ x.T)
+  np.testing.assert_allclose(w_t.T, reference, rtol=1e-8, atol=1e-10)
 
 
 def test_symmetric_sylvester_solver_matches_the_equation():

@@ -14,6 +14,10 @@ form), so the builder reads a manual dir in the release's layout:
   <manual_dir>/extended/<class>/*.jpg           (optional; EXTEND_image_sketchy/
                                                  is accepted as well)
 
+The shared data's `sketchy_zs_subset/` (all 125 classes, 25 sketches each,
+photo/ layout; variant `subset` of configs/zs_sketchy.py) and
+`sketchy_airplane/` (one class, image/ layout) are read the same way.
+
 Splits: 'photo', 'sketch' and, when present, 'extended'. Each example has the
 encoded image (kept byte for byte), `id` ('<class>/<file stem>'), `class_name`
 and, for sketches, `photo_id` (the id of the photo it was drawn from).
@@ -161,8 +165,9 @@ def build(manual_dir: str, tfds_data_dir: str | None = None) -> Sketchy:
     raise FileNotFoundError(
         f'Sketchy manual dir {manual_dir!r} does not exist. Set '
         '--config.data.manual_dir to the folder holding photo/ and sketch/ '
-        '(see sbir_jax/datasets/sketchy.py), e.g. ../shared/data/sketchy_airplane '
-        'for the one real class shipped with the shared data.')
+        '(see sbir_jax/datasets/sketchy.py), e.g. ../shared/data/sketchy_zs_subset '
+        '(all 125 classes, 25 sketches each: variant `subset` of '
+        'configs/zs_sketchy.py) or ../shared/data/sketchy_airplane (one class).')
   builder = Sketchy(data_dir=tfds_data_dir)
   source = os.path.abspath(manual_dir)
   marker = epath.Path(builder.data_dir) / 'manual_dir.txt'

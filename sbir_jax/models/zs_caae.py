@@ -83,6 +83,21 @@ def generator_adversarial_loss(fake_logits_B, kind: str = 'minimax'):
                    'non_saturating.')
 
 
+def caae_loss(out: dict, img_BxD, sketch_BxD, fake_logits_B,
+              sketch_recon_weight: float = 10.0, adversarial_weight: float = 1.0,
+              kind: str = 'minimax'):
+  """The autoencoder's loss, mean over the batch, and its parts: recon + 10 *
+  sketch recon + the adversarial term on D's logits for E(x) (`fake_logits_B`).
+
+  The loss the trainer minimises (tasks/zs_sbir.py `train_step`).
+  """
+  total, parts = zs_cvae.reconstruction_loss(out, img_BxD, sketch_BxD,
+                                             sketch_recon_weight)
+  adv = generator_adversarial_loss(fake_logits_B, kind)
+  total = total + adversarial_weight * adv
+  return jnp.mean(total), dict(parts, adversarial=jnp.mean(adv))
+
+
 def discriminator_loss(real_logits_B, fake_logits_B):
   """-[log D(z_prior) + log(1 - D(E(x)))], mean over the batch, and D's accuracy."""
   loss = (optax.sigmoid_binary_cross_entropy(real_logits_B, jnp.ones_like(real_logits_B))

@@ -110,12 +110,24 @@ class CVAE(nn.Module):
     return dict(z=z, mu=mu, logvar=logvar, img_hat=img_hat, sketch_hat=sketch_hat)
 
 
+def reconstruction_loss(out: dict, img_BxD, sketch_BxD, sketch_recon_weight: float):
+  """(B,) photo-feature recon + weight * sketch recon, and their batch means.
+
+  The part of the objective the CVAE and the CAAE (`zs_caae.caae_loss`) share.
+  """
+  recon = mse(out['img_hat'], img_BxD)
+  sketch = mse(out['sketch_hat'], sketch_BxD)
+  total = recon + sketch_recon_weight * sketch
+  return total, {'recon': jnp.mean(recon), 'sketch_recon': jnp.mean(sketch)}
+
+
 def cvae_loss(out: dict, img_BxD, sketch_BxD, sketch_recon_weight: float = 10.0,
               kl_weight: float = 1.0):
-  """Mean over the batch of recon + KL + 10 * sketch recon, and its parts."""
-  recon = mse(out['img_hat'], img_BxD)
+  """Mean over the batch of recon + 10 * sketch recon + KL, and its parts.
+
+  The loss the trainer minimises (tasks/zs_sbir.py `train_step`).
+  """
+  total, parts = reconstruction_loss(out, img_BxD, sketch_BxD, sketch_recon_weight)
   kl = kl_to_standard_normal(out['mu'], out['logvar'])
-  sketch = mse(out['sketch_hat'], sketch_BxD)
-  total = recon + kl_weight * kl + sketch_recon_weight * sketch
-  return jnp.mean(total), {'recon': jnp.mean(recon), 'kl': jnp.mean(kl),
-                           'sketch_recon': jnp.mean(sketch)}
+  total = total + kl_weight * kl
+  return jnp.mean(total), dict(parts, kl=jnp.mean(kl))

@@ -340,20 +340,16 @@ class ZsSbirTask:
       out, updates = self.model.apply(
           {'params': p, **extra}, img, sketch, True, mutable=['batch_stats'],
           rngs={'noise': r_noise, 'dropout': r_dropout})
-      recon = zs_cvae.mse(out['img_hat'], img)
-      sketch_recon = zs_cvae.mse(out['sketch_hat'], sketch)
-      parts = {'recon': jnp.mean(recon), 'sketch_recon': jnp.mean(sketch_recon)}
-      total = recon + lcfg.sketch_recon_weight * sketch_recon
       if name == 'cvae':
-        kl = zs_cvae.kl_to_standard_normal(out['mu'], out['logvar'])
-        total = total + lcfg.kl_weight * kl
-        parts['kl'] = jnp.mean(kl)
+        loss, parts = zs_cvae.cvae_loss(out, img, sketch, lcfg.sketch_recon_weight,
+                                        lcfg.kl_weight)
       else:  # CAAE: the adversarial term replaces the KL.
         fake = self.disc.apply(state.params['disc'], out['z'])
-        adv = zs_caae.generator_adversarial_loss(fake, self.config.model.adversarial_loss)
-        total = total + lcfg.adversarial_weight * adv
-        parts['adversarial'] = jnp.mean(adv)
-      return jnp.mean(total), (parts, dict(updates), out['z'])
+        loss, parts = zs_caae.caae_loss(out, img, sketch, fake,
+                                        lcfg.sketch_recon_weight,
+                                        lcfg.adversarial_weight,
+                                        self.config.model.adversarial_loss)
+      return loss, (parts, dict(updates), out['z'])
 
     (loss, (metrics, new_extra, z)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(model_vars['params'])
