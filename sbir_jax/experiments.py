@@ -25,6 +25,8 @@ from typing import Any, Optional, Sequence
 from absl import app
 from absl import flags
 
+FLAGS = flags.FLAGS
+
 RESULTS_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             'results')
 # The metrics a table shows per task (first one: the selection metric's family).
@@ -34,19 +36,6 @@ TABLE_METRICS = {
     'zs_sbir': ('P@200', 'mAP@200'),
     'composed': ('recall@1', 'recall@10'),
 }
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string('study', None, 'Name of the results folder under results/.')
-flags.DEFINE_string('config', None, 'For run: config file[:variants].')
-flags.DEFINE_list('seeds', ['0'], 'For run: seeds (--config.seed) to train.')
-flags.DEFINE_multi_string('set', [], 'For run: config overrides key=value, e.g. '
-                          'num_train_steps=500 (passed as --config.key=value).')
-flags.DEFINE_string('label', None, 'For run: the row name in tables '
-                    '(default: the config argument and overrides).')
-flags.DEFINE_string('results_root', RESULTS_ROOT, 'Where studies are kept.')
-flags.DEFINE_string('workdir_root', os.path.join('workdir', 'studies'),
-                    'For run: workdirs of the runs (not committed).')
-flags.DEFINE_string('readme', None, 'For table: rewrite this file\'s block of the study.')
 
 
 def run_name(config_arg: str, overrides: Sequence[str], seed: int) -> str:
@@ -170,6 +159,22 @@ def current_block(text: str, study: str) -> str:
   return text.split(start, 1)[1].split(end, 1)[0]
 
 
+def _define_flags() -> None:
+  """The command's flags; defined only when run as a command, so importing
+  this module next to sbir_jax.main (which owns --config) does not clash."""
+  flags.DEFINE_string('study', None, 'Name of the results folder under results/.')
+  flags.DEFINE_string('config', None, 'For run: config file[:variants].')
+  flags.DEFINE_list('seeds', ['0'], 'For run: seeds (--config.seed) to train.')
+  flags.DEFINE_multi_string('set', [], 'For run: config overrides key=value, e.g. '
+                            'num_train_steps=500 (passed as --config.key=value).')
+  flags.DEFINE_string('label', None, 'For run: the row name in tables '
+                      '(default: the config argument and overrides).')
+  flags.DEFINE_string('results_root', RESULTS_ROOT, 'Where studies are kept.')
+  flags.DEFINE_string('workdir_root', os.path.join('workdir', 'studies'),
+                      'For run: workdirs of the runs (not committed).')
+  flags.DEFINE_string('readme', None, 'For table: rewrite this file\'s block of the study.')
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in ('run', 'table'):
     raise app.UsageError('Usage: python -m sbir_jax.experiments run|table --study=NAME ...')
@@ -190,4 +195,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
