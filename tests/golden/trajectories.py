@@ -1,0 +1,140 @@
+"""Golden trajectories: short runs of every task, recorded before a refactor.
+
+  python -m tests.golden.trajectories record [--only=name,...]
+  python -m tests.golden.trajectories check  [--only=name,...]
+
+Each run is `python -m sbir_jax.main` on one CPU device with the loss logged
+at every step; its per-step losses (from the TensorBoard events) and the
+final val/test metrics (from results.json) go to `trajectories.json`.
+`check` reruns and compares: equal to `RTOL` (1e-5: bit-exact arithmetic
+gives 0; the tolerance only absorbs summation order where it legitimately
+changed, and any such run is named in KNOWN_CHANGES with its reason).
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+GOLDEN = os.path.join(HERE, 'trajectories.json')
+RTOL = 1e-5
+
+# name -> (config argument, extra overrides). `tiny` runs take seconds; the
+# `cpu` ones ~100 steps of the real CPU recipe.
+RUNS = {
+    'shoes_tiny': ('configs/shoes.py:tiny', []),
+    'shoes_tiny_sampled_weighted': ('configs/shoes.py:tiny,sampled_negatives,weighted', []),
+    'shoes_rgb_tiny_two_towers': ('configs/shoes_rgb.py:tiny,rgb_two_towers', []),
+    'shoes_rgb_tiny_shared_stem_bn': ('configs/shoes_rgb.py:tiny,rgb_shared_stem',
+                                      ['--config.model.frozen_batch_norm=False']),
+    'chair_v2_tiny': ('configs/chair_v2.py:tiny', []),
+    'handbag_tiny': ('configs/handbag.py:tiny', []),
+    'sketch_pretrain_tiny': ('configs/sketch_pretrain.py:tiny', []),
+    'css_tiny': ('configs/css.py:tiny', []),
+    'css_tiny_tirg': ('configs/css.py:tirg,tiny', []),
+    'css_tiny_cosine': ('configs/css.py:lbf_small,tiny,batch_classification',
+                        ['--config.optimizer.schedule=cosine',
+                         '--config.optimizer.warmup_steps=1']),
+    'zs_sketchy_tiny': ('configs/zs_sketchy.py:subset,tiny', []),
+    'zs_sketchy_tiny_caae': ('configs/zs_sketchy.py:subset,caae,tiny', []),
+    'zs_doodle_tiny_regression': ('configs/zs_doodle.py:regression,tiny', []),
+    'shoes_cpu_100': ('configs/shoes.py:cpu', ['--config.num_train_steps=100',
+                                               '--config.checkpoint_every_steps=50']),
+    'sketch_pretrain_cpu_100': ('configs/sketch_pretrain.py:cpu',
+                                ['--config.num_train_steps=100',
+                                 '--config.checkpoint_every_steps=50']),
+    'css_cpu_100': ('configs/css.py:lbf_big,cpu', ['--config.num_train_steps=100',
+                                                   '--config.checkpoint_every_steps=50',
+                                                   '--config.optimizer.warmup_steps=10']),
+    'zs_sketchy_learning_100': ('configs/zs_sketchy.py:subset,learning',
+                                ['--config.num_train_steps=100',
+                                 '--config.checkpoint_every_steps=50']),
+}
+
+# Runs whose arithmetic changed on purpose, with the reason; they are
+# compared at KNOWN_CHANGES[name][0] relative tolerance.
+KNOWN_CHANGES: dict[str, tuple[float, str]] = {}
+
+
+def _losses(workdir: str) -> dict[int, float]:
+  import tensorflow as tf  # Only to read the event files.
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == 'loss':
+          out[int(event.step)] = float(tf.make_ndarray(value.tensor))
+  return out
+
+
+def run(name: str) -> dict:
+  config, extra = RUNS[name]
+  with tempfile.TemporaryDirectory() as workdir:
+    env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2',
+               JAX_PLATFORMS='cpu')
+    env.setdefault('SBIR_JAX_DATA', os.path.join(REPO, '..', 'shared', 'data'))
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'sbir_jax.main', f'--config={config}',
+         f'--workdir={workdir}', '--config.log_every_steps=1', *extra],
+        cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+      raise RuntimeError(f'{name} failed:\n{proc.stderr[-4000:]}')
+    results = json.load(open(os.path.join(workdir, 'results.json')))['train']
+    losses = _losses(workdir)
+  metrics = {k: v for k, v in results.items()
+             if k.startswith(('val_', 'test_')) and not k.endswith(('_ci_low', '_ci_high'))}
+  return {'config': config, 'overrides': extra, 'losses': [losses[s] for s in sorted(losses)],
+          'selected_step': results['selected_step'], 'metrics': metrics,
+          'seconds': round(time.time() - start, 1)}
+
+
+def compare(name: str, golden: dict, now: dict) -> list[str]:
+  rtol = KNOWN_CHANGES.get(name, (RTOL, ''))[0]
+  problems = []
+  if len(golden['losses']) != len(now['losses']):
+    return [f'{name}: {len(now["losses"])} logged steps, golden {len(golden["losses"])}']
+  bad = [i + 1 for i, (a, b) in enumerate(zip(golden['losses'], now['losses']))
+         if not np.isclose(a, b, rtol=rtol, atol=1e-7)]
+  if bad:
+    i = bad[0] - 1
+    problems.append(f'{name}: loss differs from step {bad[0]} '
+                    f'({now["losses"][i]!r} vs golden {golden["losses"][i]!r})')
+  if now['selected_step'] != golden['selected_step']:
+    problems.append(f'{name}: selected step {now["selected_step"]} vs {golden["selected_step"]}')
+  for key, value in golden['metrics'].items():
+    if key not in now['metrics']:
+      problems.append(f'{name}: metric {key} missing')
+    elif not np.isclose(value, now['metrics'][key], rtol=max(rtol, 1e-4), atol=1e-6):
+      problems.append(f'{name}: {key} = {now["metrics"][key]} vs golden {value}')
+  return problems
+
+
+def main(argv: list[str]) -> int:
+  mode = argv[1] if len(argv) > 1 else 'check'
+  only = next((a.split('=', 1)[1].split(',') for a in argv[2:]
+               if a.startswith('--only=')), list(RUNS))
+  golden = json.load(open(GOLDEN)) if os.path.exists(GOLDEN) else {}
+  problems = []
+  for name in only:
+    result = run(name)
+    print(f'{name}: {len(result["losses"])} steps, final loss '
+          f'{result["losses"][-1]:.6g}, {result["seconds"]} s', flush=True)
+    if mode == 'record':
+      golden[name] = result
+      with open(GOLDEN, 'w') as f:
+        json.dump(golden, f, indent=1, sort_keys=True)
+    else:
+      problems += compare(name, golden[name], result)
+  print('\n'.join(problems) or f'{mode}: all {len(only)} runs OK')
+  return 1 if problems else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
