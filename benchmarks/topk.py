@@ -6,8 +6,8 @@
 For each gallery size N (embeddings of dim 512, float32, unit norm; the
 queries are noisy copies of gallery rows) it times a batch of 100 queries,
 top-10, through
-  (a) the product's path: `sbir_jax.retrieval.GalleryIndex.search` (gallery
-      resident and sharded on the mesh, one jitted shard_map per batch),
+  (a) the product's path: `sbir_jax.tasks.fg_sbir.gallery_index.GalleryIndex.search`
+      (gallery resident and sharded on the mesh, one jitted shard_map per batch),
       with inner-product and with HOLEF scores;
   (b) a bare jitted `lax.top_k(q @ g.T)` on the whole gallery;
   (c) FAISS `IndexFlatIP` (exact), if faiss-cpu is installed;
@@ -93,7 +93,7 @@ def matmul_peak_gflops(jax, jnp, n: int, repeats: int) -> float:
   return 2.0 * n ** 3 / best / 1e9
 
 
-def measure_size(n: int, jax, retrieval, sharding, faiss) -> dict:
+def measure_size(n: int, jax, gallery_index, scoring, sharding, faiss) -> dict:
   d, b, k, repeats = FLAGS.dim, FLAGS.queries, FLAGS.k, FLAGS.repeats
   g, q = _gallery(n, d, b)
   flops = 2.0 * b * n * d
@@ -102,7 +102,7 @@ def measure_size(n: int, jax, retrieval, sharding, faiss) -> dict:
 
   # (a) The product's path, inner product then HOLEF.
   start = time.perf_counter()
-  index = retrieval.GalleryIndex(g, retrieval.Scorer('inner_product'), mesh)
+  index = gallery_index.GalleryIndex(g, scoring.Scorer('inner_product'), mesh)
   jax.block_until_ready(index._bias)
   build = time.perf_counter() - start
   seconds, (_, product_ids) = _median_seconds(lambda: index.search(q, k), repeats)
@@ -111,7 +111,7 @@ def measure_size(n: int, jax, retrieval, sharding, faiss) -> dict:
   del index
   rng = np.random.default_rng(1)
   W = np.eye(d, dtype=np.float32) + 0.01 * rng.standard_normal((d, d), dtype=np.float32)
-  holef = retrieval.GalleryIndex(g, retrieval.Scorer('holef', W), mesh)
+  holef = gallery_index.GalleryIndex(g, scoring.Scorer('holef', W), mesh)
   holef_seconds, _ = _median_seconds(lambda: holef.search(q, k), repeats)
   out['product_sharded_topk_holef'] = _timing(holef_seconds, b, flops)
   out['holef_over_inner_product_time'] = round(holef_seconds / seconds, 3)
@@ -154,8 +154,9 @@ def main(argv):
                                f' --xla_force_host_platform_device_count={FLAGS.devices}')
   import jax  # After XLA_FLAGS, which JAX reads when it starts.
   import jax.numpy as jnp
-  from sbir_jax import retrieval
-  from sbir_jax import sharding
+  from sbir_jax.tasks.fg_sbir import gallery_index
+  from sbir_jax.tasks.fg_sbir import scoring
+  from sbir_jax.core import sharding
   try:
     import faiss
   except ImportError:
@@ -166,7 +167,7 @@ def main(argv):
   peak = matmul_peak_gflops(jax, jnp, FLAGS.matmul_size, FLAGS.repeats)
   results = []
   for size in FLAGS.sizes:
-    result = measure_size(int(size), jax, retrieval, sharding, faiss)
+    result = measure_size(int(size), jax, gallery_index, scoring, sharding, faiss)
     result['product_fraction_of_matmul_peak'] = round(
         result['product_sharded_topk']['gflops'] / peak, 3)
     results.append(result)

@@ -7,7 +7,7 @@ input and at the `cpu` variant's size. Prints one JSON object.
 With --config, only that FG-SBIR config is measured, at its own batch size
 unless --batch_size is given (photos RGB when config.data.photo_input='rgb').
 
-Uses the real jitted, sharded train step of sbir_jax.train on random uint8
+Uses the real jitted, sharded train step of sbir_jax.core.trainer on random uint8
 images (throughput does not depend on pixel values), so no data is needed.
 """
 import json
@@ -22,9 +22,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from configs import fg_sbir_common
-from sbir_jax import sharding
-from sbir_jax import tasks
-from sbir_jax import train
+from sbir_jax.core import sharding
+from sbir_jax.core import task as task_lib
+from sbir_jax.core import trainer
 
 flags.DEFINE_integer('steps', 5, 'Timed steps per setting (after warm-up).')
 flags.DEFINE_integer('batch_size', 16, 'Triplets per step.')
@@ -36,9 +36,9 @@ FLAGS = flags.FLAGS
 def measure(config: ml_collections.ConfigDict, steps: int) -> dict:
   batch_size = config.batch_size
   mesh = sharding.make_mesh()
-  task = tasks.get_task(config, mesh)
-  state = train.create_state(task, config, mesh)
-  step_fn = train.make_train_step(task, config, mesh)
+  task = task_lib.make_task(config, mesh)
+  state = trainer.create_state(task, config, mesh)
+  step_fn = trainer.make_train_step(task, config, mesh)
   size = config.data.crop_size
   rng = np.random.default_rng(0)
   photo_channels = 3 if config.data.get('photo_input') == 'rgb' else 1

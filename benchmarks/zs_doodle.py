@@ -22,7 +22,7 @@ from absl import flags
 import jax
 
 from configs import zs_doodle
-from sbir_jax import train
+from sbir_jax.core import trainer
 
 flags.DEFINE_string('workdir_root', os.path.join('workdir', 'zs_doodle_table'),
                     'One sub-folder per model.')
@@ -44,7 +44,7 @@ def main(argv):
     config = zs_doodle.get_config(model + FLAGS.extra_variants)
     workdir = os.path.join(FLAGS.workdir_root, model)
     start = time.time()
-    results = train.train_and_evaluate(config, workdir)
+    results = trainer.train_and_evaluate(config, workdir)
     times[model] = time.time() - start
     rows[model.upper() if model != 'regression' else 'regression'] = {
         c: results[f'test_{c}'] for c in columns}
@@ -53,7 +53,7 @@ def main(argv):
         rows[f'{base} (no training)'] = {c: results[f'test_{base}_{c}'] for c in columns}
       kmeans = zs_doodle.get_config('cvae,kmeans' + FLAGS.extra_variants)
       start = time.time()
-      evaluated = train.evaluate(kmeans, workdir, results['selected_checkpoint'])
+      evaluated = trainer.evaluate(kmeans, workdir, results['selected_checkpoint'])
       times['cvae_kmeans_eval'] = time.time() - start
       rows['CVAE (k-means retrieval)'] = {c: evaluated[f'test_{c}'] for c in columns}
   times['total'] = time.time() - start_all

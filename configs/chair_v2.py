@@ -2,11 +2,15 @@
 
 Several sketches per photo: train 300 photos / 952 sketches, test 100 / 323,
 no triplet annotation (true-match triplets). `--config.data.photo_input=rgb`
-keeps the RGB photos (for a model with an RGB photo tower). Variants: see
-configs/fg_sbir_common.py.
+keeps the RGB photos (for a model with an RGB photo tower). Variants:
+VARIANTS of configs/fg_sbir/common.py.
 """
-from configs import fg_sbir_common
+import ml_collections
+
+from configs.fg_sbir import common
+
+VARIANTS = common.VARIANTS
 
 
-def get_config(arg=None):
-  return fg_sbir_common.get_config('chairv2', arg, source='qmul_chair_v2')
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return common.get_config('chairv2', arg, source='qmul_chair_v2')

@@ -1,6 +1,10 @@
-"""DSSA on QMUL-Chairs V1. Variants: see configs/fg_sbir_common.py."""
-from configs import fg_sbir_common
+"""DSSA on QMUL-Chairs V1. Variants: VARIANTS of configs/fg_sbir/common.py."""
+import ml_collections
+
+from configs.fg_sbir import common
+
+VARIANTS = common.VARIANTS
 
 
-def get_config(arg=None):
-  return fg_sbir_common.get_config('chairs', arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return common.get_config('chairs', arg)

@@ -7,49 +7,44 @@ The DSSA authors start from Sketch-a-Net pre-trained on TU-Berlin (250
 classes, 20k sketches) and ImageNet edge maps; offline we pre-train on the
 real sketches we have. Input size, normalisation and widths must equal the
 FG-SBIR config that is initialised from this run, so the variants mirror
-configs/fg_sbir_common.py's (`cpu` pairs with `cpu`).
+configs/fg_sbir/common.py's (`cpu` pairs with `cpu`).
 
-Variants: cpu, tiny, quickdraw (add the QuickDraw bitmaps as more classes).
+Variants (VARIANTS below): cpu, quickdraw (add the QuickDraw bitmaps as more
+classes), tiny.
 """
 import ml_collections
 
-from configs import fg_sbir_common
+from configs import base
+from configs import variants
+from configs.fg_sbir import common as fg
 
-
-def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
-  if variant == 'cpu':  # Same inputs as fg_sbir_common's `cpu`.
-    config.data.update(fg_sbir_common.CPU_INPUTS)
-    config.input_scale = 1.0 / 255.0
-    config.batch_size = 64
-    config.num_train_steps = 1200
-    config.optimizer.name = 'adam'
-    config.optimizer.learning_rate = 3e-4
-    config.optimizer.momentum = 0.0
-    config.checkpoint_every_steps = 200
-    config.log_every_steps = 50
-  elif variant == 'quickdraw':
-    config.data.sources = ('tu_berlin', 'quickdraw')
-  elif variant == 'tiny':  # Matches fg_sbir_common's `tiny`; for tests.
-    config.data.update(fg_sbir_common.TINY_INPUTS)
-    config.model.update(fg_sbir_common.TINY_WIDTHS)
-    config.batch_size = 16
-    config.num_train_steps = 4
-    config.checkpoint_every_steps = 2
-    config.log_every_steps = 1
-    config.eval.batch_size = 64
-    config.eval.num_views = 1
-  else:
-    raise ValueError(f'Unknown config variant {variant!r}. Known: cpu, quickdraw, tiny.')
+VARIANTS: dict[str, variants.Spec] = {
+    'cpu': {  # Same inputs as configs/fg_sbir/common.py's `cpu`.
+        **variants.prefixed('data', fg.CPU_INPUTS),
+        'input_scale': 1.0 / 255.0,
+        **base.cpu_trainer(learning_rate=3e-4, batch_size=64,
+                           num_train_steps=1200, checkpoint_every_steps=200),
+        'optimizer.momentum': 0.0,
+    },
+    'quickdraw': {'data.sources': ('tu_berlin', 'quickdraw')},
+    'tiny': {  # Matches configs/fg_sbir/common.py's `tiny`; for tests.
+        **variants.prefixed('data', fg.TINY_INPUTS),
+        **variants.prefixed('model', fg.TINY_WIDTHS),
+        'batch_size': 16,
+        **base.TINY_TRAINER,
+        'eval.batch_size': 64,
+        'eval.num_views': 1,
+    },
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.task = 'sketch_classification'
-  config.seed = 0
+  config = base.base_config('sketch_classification', batch_size=128,
+                            num_train_steps=10000)
   config.data = dict(
       sources=('tu_berlin',),
-      tu_berlin_dir=fg_sbir_common.default_manual_dir('tu_berlin_40'),
-      quickdraw_dir=fg_sbir_common.default_manual_dir('quickdraw_14'),
+      tu_berlin_dir=base.default_manual_dir('tu_berlin_40'),
+      quickdraw_dir=base.default_manual_dir('quickdraw_14'),
       tfds_data_dir=ml_collections.config_dict.placeholder(str),
       val_fraction=0.1,
       val_split_seed=0,
@@ -60,15 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pixel_mean = 250.42  # As the FG-SBIR configs: the init must see the same inputs.
   config.input_scale = 1.0
   config.model = dict(fc6_dim=512, dropout_rate=0.5, width_multiplier=1.0)
-  config.optimizer = dict(name='sgd', learning_rate=1e-2, momentum=0.9,
-                          weight_decay=0.0, grad_clip_norm=0.0)
-  config.batch_size = 128
-  config.num_train_steps = 10000
+  config.optimizer.update(name='sgd', learning_rate=1e-2, momentum=0.9)
   config.eval = dict(num_views=10, ks=(1, 5), batch_size=128)
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 1000
-  config.keep_latest = 1
-  for variant in filter(None, (arg or '').split(',')):
-    _apply_variant(config, variant.strip())
+  base.add_evals(config, type='accuracy_at_k', pred='distances')
+  config.selection_metric = 'val_acc@1'
+  variants.apply(config, arg, VARIANTS, 'configs/sketch_pretrain.py')
   config.lock()
   return config

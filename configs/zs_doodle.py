@@ -23,42 +23,46 @@ so each model trains in a few minutes on a 2-core CPU.
 
   python -m sbir_jax.main --config=configs/zs_doodle.py:cvae
 """
+import ml_collections
 
-from configs import zs_sbir_common
+from configs import variants
+from configs.zs_sbir import common
 
 SEEN_CLASSES = ('ant', 'bicycle', 'cat', 'cloud', 'crown', 'elephant', 'lion', 'sheep')
 UNSEEN_CLASSES = ('butterfly', 'camel', 'helicopter', 'pizza')
 
+VARIANTS: dict[str, variants.Spec] = {
+    **common.VARIANTS,
+    'tiny': {
+        **common.VARIANTS['tiny'],
+        'data.max_train_sketches_per_class': 20,
+        'data.max_queries_per_class': 10,
+    },
+}
 
-def get_config(arg=None):
-  config = zs_sbir_common.base_config()
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = common.base_config(eval_splits=('val', 'test'))
   config.data = dict(
       source='doodle',
-      quickdraw_dir=zs_sbir_common.data_path('quickdraw_14'),
-      tu_berlin_dir=zs_sbir_common.data_path('tu_berlin_40'),
+      quickdraw_dir=common.data_path('quickdraw_14'),
+      tu_berlin_dir=common.data_path('tu_berlin_40'),
       seen_classes=SEEN_CLASSES,
       unseen_classes=UNSEEN_CLASSES,
       max_train_sketches_per_class=0,  # 0 = all 289 training doodles.
       max_queries_per_class=150,  # Unseen test queries per class (of 299).
-      semantic_file=zs_sbir_common.data_path('zeroshot_splits',
-                                             'semantic_labels_tuberlin.npy'),
-      vocab_file=zs_sbir_common.data_path('zeroshot_splits', 'vocab_tuberlin.txt'),
+      semantic_file=common.data_path('zeroshot_splits', 'semantic_labels_tuberlin.npy'),
+      vocab_file=common.data_path('zeroshot_splits', 'vocab_tuberlin.txt'),
   )
   # 28x28 doodles and 150x150 sketches hold no detail a 224 input would add;
   # 128 costs a third of the extraction time (our choice).
   config.features.image_size = 128
-  zs_sbir_common.scale_widths(config, config.features.dim)
+  common.scale_widths(config, config.features.dim)
   config.model.disc_dims = (256, 256)  # Our choice (paper silent).
   config.num_train_steps = 450  # 25 epochs (the paper's) of the 2,312 training doodles.
   config.checkpoint_every_steps = 150
   config.log_every_steps = 50
   config.eval.ks = (10, 50)
-  for variant in filter(None, (arg or '').split(',')):
-    if not zs_sbir_common.apply_variant(config, variant.strip()):
-      raise ValueError(f'Unknown config variant {variant!r}. Known: cvae, caae, '
-                       'regression, kmeans, tiny.')
-    if variant.strip() == 'tiny':
-      config.data.max_train_sketches_per_class = 20
-      config.data.max_queries_per_class = 10
+  variants.apply(config, arg, VARIANTS, 'configs/zs_doodle.py')
   config.lock()
   return config

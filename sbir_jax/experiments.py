@@ -9,7 +9,7 @@
   # Rewrite the README block <!-- results:fg_recipe --> ... <!-- /results:fg_recipe -->:
   python -m sbir_jax.experiments table --study=fg_recipe --readme=README.md
 
-Each record (`records.py`) names the commit, config, seed, data fingerprint,
+Each record (`core/records.py`) names the commit, config, seed, data fingerprint,
 metrics, time and machine behind its row; tests check that every README block
 equals the table its records give.
 """

@@ -2,7 +2,7 @@
 
 Every zero-shot data source (Sketchy via TFDS, TU-Berlin and QuickDraw from
 their files) becomes one or more ImageSets. Features are computed per image
-id and cached (`sbir_jax/features.py`), so images are read only for ids the
+id and cached (`sbir_jax/tasks/zs_sbir/features.py`), so images are read only for ids the
 cache lacks, and only once.
 """
 import dataclasses

@@ -34,3 +34,13 @@ def require_data(relative: str) -> str:
                  'repositories it comes from), or set SBIR_JAX_DATA to the '
                  f'folder that holds {relative.split("/")[0]}/.')
   return path
+
+
+def evaluate_split(config: ml_collections.ConfigDict, task, variables: dict,
+                   split: str) -> dict:
+  """The metrics of config.evals' evaluator of `split` on `variables`, without
+  the split prefix ({'acc@1': ..}, reported by the trainer as 'test_acc@1')."""
+  from sbir_jax.core import evaluation  # JAX-heavy: only where a test needs it.
+  evaluators = [e for e in evaluation.make_evaluators(config, task) if e.split == split]
+  assert len(evaluators) == 1, f'config.evals has {len(evaluators)} evals of {split!r}'
+  return evaluators[0].evaluator.run(variables)

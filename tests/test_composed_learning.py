@@ -25,8 +25,9 @@ import dataclasses
 import numpy as np
 
 from configs import css
-from sbir_jax import train
-from sbir_jax.tasks import composed
+from sbir_jax.core import trainer
+from sbir_jax.evaluators import recall_at_k
+from sbir_jax.tasks.composed import task as composed_task
 
 NUM_STEPS = 100
 MIN_RECALL_AT_1 = 6.0  # Percent; chance is 0.32, broken runs ~0.3, trained >= 13.
@@ -57,7 +58,7 @@ def _learning_config(tfds_dir: str):
   return config
 
 
-def _chance_recall_at_1(split: composed.ComposedSplit) -> float:
+def _chance_recall_at_1(split: composed_task.ComposedSplit) -> float:
   """Expected R@1 (%) of a random ranking: targets per query / (gallery - 1)."""
   gallery_labels = split.labels[split.gallery_ids]
   relevant_QxG = gallery_labels[None, :] == split.labels[split.target_ids][:, None]
@@ -69,20 +70,20 @@ def _chance_recall_at_1(split: composed.ComposedSplit) -> float:
 
 def test_lbf_learns_to_compose_image_and_text(tfds_dir, tmp_path, monkeypatch):
   config = _learning_config(tfds_dir)
-  # Keep the task and the parameters that the trainer evaluates on test (the
+  # Keep the task and the variables that the trainer evaluates on test (the
   # checkpoint selected on validation), to test them again with wrong texts.
   seen = {}
-  evaluate = composed.ComposedTask.evaluate
+  predictions = composed_task.ComposedTask.predictions
 
-  def recording_evaluate(self, params, split):
+  def recording_predictions(self, variables, split):
     if split == 'test':
-      seen.update(task=self, params=params)
-    return evaluate(self, params, split)
+      seen.update(task=self, variables=variables)
+    return predictions(self, variables, split)
 
-  monkeypatch.setattr(composed.ComposedTask, 'evaluate', recording_evaluate)
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  monkeypatch.setattr(composed_task.ComposedTask, 'predictions', recording_predictions)
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
-  task, params = seen['task'], seen['params']
+  task, variables = seen['task'], seen['variables']
   test = task.splits['test']
   chance = _chance_recall_at_1(test)
   assert chance < 0.5
@@ -95,7 +96,8 @@ def test_lbf_learns_to_compose_image_and_text(tfds_dir, tmp_path, monkeypatch):
   # modification): a model that retrieves by image alone loses nothing.
   order = np.random.default_rng(0).permutation(len(test.tokens))
   task.splits['test_wrong_texts'] = dataclasses.replace(test, tokens=test.tokens[order])
-  wrong = evaluate(task, params, 'test_wrong_texts')['recall@1']
+  wrong = recall_at_k.Evaluator(task.predict_fns['composed'], 'test_wrong_texts',
+                                config).run(variables)['recall@1']
   assert recall_at_1 - wrong >= MIN_TEXT_GAIN, (
       f'Test R@1 {recall_at_1:.1f}% with the right texts, {wrong:.1f}% with '
       f'permuted texts: the model barely uses the text (needs a gain of '

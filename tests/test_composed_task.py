@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from configs import css
-from sbir_jax import train
+from sbir_jax.core import optim
+from sbir_jax.core import trainer
 from sbir_jax.datasets import css_style
 from sbir_jax.datasets import regions
-from sbir_jax.tasks import composed
+from sbir_jax.tasks.composed import task as composed_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,11 +31,11 @@ def test_train_checkpoint_then_eval_reproduces(variants, tfds_dir, tmp_path):
   assert jax.device_count() == 8
   config = _config(tfds_dir, variants)
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(config, workdir)
+  results = trainer.train_and_evaluate(config, workdir)
   for k in (1, 5, 10, 50):
     assert 0 <= results[f'test_recall@{k}'] <= 100
   assert results['test_recall@1'] <= results['test_recall@50']
-  evaluated = train.evaluate(config, workdir, 'best')
+  evaluated = trainer.evaluate(config, workdir, 'best')
   assert evaluated['step'] == results['selected_step']
   assert evaluated['test_recall@1'] == pytest.approx(results['test_recall@1'])
   assert 'val_recall@1' in evaluated
@@ -45,7 +46,7 @@ def test_train_checkpoint_then_eval_reproduces(variants, tfds_dir, tmp_path):
 
 def test_splits_batches_and_vocabulary(tfds_dir):
   config = _config(tfds_dir)
-  task = composed.ComposedTask(config, None)
+  task = composed_task.ComposedTask(config, None)
   splits = task.splits
   assert set(splits) == {'train', 'val', 'test'}
   # Default: reference images held out with their pairs (new images at val).
@@ -68,7 +69,7 @@ def test_bad_config_values_are_refused(tfds_dir):
   config = _config(tfds_dir)
   config.loss.name = 'hinge'
   with pytest.raises(ValueError, match='config.loss.name'):
-    composed.ComposedTask(config, None)
+    composed_task.ComposedTask(config, None)
   with pytest.raises(AttributeError):
     config.model.nmae = 'x'
 
@@ -89,22 +90,27 @@ def test_cli_train_then_eval(tmp_path, tfds_dir):
 def test_efficientnet_backbone_gets_imagenet_weights(tfds_dir):
   from sbir_jax.models import convert_efficientnet
   config = _config(tfds_dir, 'lbf_small,efficientnet,tiny')
-  task = composed.ComposedTask(config, None)
-  params = jax.jit(task.init_params)(jax.random.key(0))  # As the trainer does.
+  task = composed_task.ComposedTask(config, None)
+  # Jitted, as the trainer does.
+  params, model_state = jax.jit(task.init_variables)(jax.random.key(0))
   imagenet = convert_efficientnet.load_pretrained()
   np.testing.assert_array_equal(params['cnn']['backbone']['conv_stem']['kernel'],
                                 imagenet['params']['conv_stem']['kernel'])
   assert 'fc' not in params['cnn']['backbone']  # Only the feature map is used.
+  # The ImageNet BatchNorm statistics are constants of the model_state.
+  np.testing.assert_array_equal(
+      model_state['batch_stats']['cnn']['backbone']['bn0']['mean'],
+      imagenet['batch_stats']['bn0']['mean'])
   batch = next(task.train_batches(0))
   batch = {k: v[:2] for k, v in batch.items()}
-  loss, _ = task.loss_fn(params, batch, jax.random.key(1))  # BN stats passed.
+  loss, _ = task.loss_fn(params, model_state, batch, jax.random.key(1))  # BN stats passed.
   assert np.isfinite(float(loss))
 
 
 def _write_region_file(path, config, feature_dim=8, k=6):
   """An .npz in the regions layout for the generated data: each scene's object
   boxes padded to k, and random region features."""
-  raw = css_style.load(composed.ensure_generated(config.data), config.data.tfds_data_dir)
+  raw = css_style.load(composed_task.ensure_generated(config.data), config.data.tfds_data_dir)
   arrays = {}
   rng = np.random.default_rng(0)
   for split in ('train', 'test'):
@@ -123,26 +129,26 @@ def test_lbf_on_a_region_feature_file_trains_and_evaluates(tfds_dir, tmp_path):
   config.model.entities_from = 'region_features'
   config.data.regions_file = str(tmp_path / 'regions.npz')
   arrays = _write_region_file(config.data.regions_file, config)
-  task = composed.ComposedTask(config, None)
+  task = composed_task.ComposedTask(config, None)
   test = task.splits['test']
   first = test.inputs(np.array([0, 1]))
   assert set(first) == {'boxes', 'box_mask', 'features'}  # No pixels needed.
   np.testing.assert_array_equal(first['features'], arrays['test_features'][:2])
   np.testing.assert_array_equal(first['box_mask'].sum(1), arrays['test_num_boxes'][:2])
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0 <= results['test_recall@1'] <= 100
-  params = task.init_params(jax.random.key(0))
+  params, _ = task.init_variables(jax.random.key(0))
   assert 'cnn' not in params and params['visual_fc']['kernel'].shape[0] == 8
 
 
 def test_lbf_object_boxes_and_bad_region_files(tfds_dir, tmp_path):
   config = _config(tfds_dir, 'lbf_small,object_boxes,tiny')
-  task = composed.ComposedTask(config, None)
+  task = composed_task.ComposedTask(config, None)
   batch = next(task.train_batches(0))
   assert set(batch['reference']) == {'image', 'boxes', 'box_mask'}
   counts = batch['reference']['box_mask'].sum(1)
   assert counts.min() >= 3 and counts.max() <= 5  # CSS-style: 3-5 objects.
-  loss, _ = task.loss_fn(task.init_params(jax.random.key(0)), batch, jax.random.key(1))
+  loss, _ = task.loss_fn(*task.init_variables(jax.random.key(0)), batch, jax.random.key(1))
   assert np.isfinite(float(loss))
 
   path = str(tmp_path / 'regions.npz')
@@ -150,7 +156,7 @@ def test_lbf_object_boxes_and_bad_region_files(tfds_dir, tmp_path):
   bad_config = _config(tfds_dir, 'lbf_small,tiny')
   bad_config.model.entities_from = 'region_features'
   with pytest.raises(ValueError, match='needs config.data.regions_file'):
-    composed.load_splits(bad_config)
+    composed_task.load_splits(bad_config)
   bad_config.data.regions_file = path
   for arrays, error in [
       ({**good, 'test_boxes': good['test_boxes'][:-1]}, r'expected \(\d+, K, 4\)'),
@@ -158,7 +164,7 @@ def test_lbf_object_boxes_and_bad_region_files(tfds_dir, tmp_path):
       ({k: v for k, v in good.items() if 'features' not in k}, 'needs them')]:
     np.savez(path, **arrays)
     with pytest.raises(regions.RegionFileError, match=error):
-      composed.load_splits(bad_config)
+      composed_task.load_splits(bad_config)
 
 
 @pytest.mark.parametrize('holdout', ['texts', 'sources'])
@@ -169,7 +175,7 @@ def test_validation_holds_out_texts_or_reference_images(holdout):
           {'from': [2, 3, 5], 'to': [19, 20, 21], 'to_str': 'remove top-left object'}]
   data = css.get_config('tiny').data
   data.val_holdout, data.val_fraction = holdout, 0.34
-  fit, val = composed.split_train_mods(mods, data)
+  fit, val = composed_task.split_train_mods(mods, data)
   pairs = lambda ms: {(f, t) for m in ms for f, t in zip(m['from'], m['to'])}
   assert val and not pairs(fit) & pairs(val)
   if holdout == 'texts':
@@ -182,7 +188,7 @@ def test_validation_holds_out_texts_or_reference_images(holdout):
     assert len(pairs(val)) == sum(f in held for m in mods for f in m['from'])
   data.val_holdout = 'both'
   with pytest.raises(ValueError, match='val_holdout'):
-    composed.split_train_mods(mods, data)
+    composed_task.split_train_mods(mods, data)
 
 
 def test_cosine_schedule_scales_the_trainers_step():
@@ -192,7 +198,7 @@ def test_cosine_schedule_scales_the_trainers_step():
   config.optimizer.weight_decay = 0.0
   config.num_train_steps, config.optimizer.warmup_steps = 10, 2
   config.optimizer.schedule = 'cosine'
-  tx = composed.make_optimizer(config)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   params = {'w': np.ones(3, np.float32)}
   state = tx.init(params)
   steps = []
@@ -202,9 +208,9 @@ def test_cosine_schedule_scales_the_trainers_step():
   np.testing.assert_allclose(steps[:3], [0.0, 0.5, 1.0])  # Warm-up to the peak.
   assert all(a > b for a, b in zip(steps[2:], steps[3:])) and steps[-1] < 0.05
   config.optimizer.schedule = 'constant'  # The trainer's optimizer, unchanged.
-  tx = composed.make_optimizer(config)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   updates, _ = tx.update({'w': np.ones(3, np.float32)}, tx.init(params), params)
   np.testing.assert_allclose(updates['w'], -1.0)
   config.optimizer.schedule = 'step'
   with pytest.raises(ValueError, match='config.optimizer.schedule'):
-    composed.make_optimizer(config)
+    optim.make_optimizer(config.optimizer, config.num_train_steps)

@@ -21,6 +21,8 @@ from PIL import Image
 import pytest
 
 from sbir_jax import safe_pickle
+
+from sbir_jax import torch_state_dict
 from sbir_jax.models import convert_efficientnet
 from sbir_jax.models import efficientnet_lite
 from tests import helpers
@@ -155,7 +157,7 @@ def test_plain_pickle_refuses_code_without_running_it(tmp_path):
   torch_file = tmp_path / 'evil.pth'
   torch_file.write_bytes(payload)
   with pytest.raises(safe_pickle.UnsafePickleError):
-    safe_pickle.load_torch_state_dict(torch_file)
+    torch_state_dict.load_torch_state_dict(torch_file)
   assert not marker.exists()
 
   ok = {'x': np.arange(4.0), 'y': (1, 2.5, 'z', [None, True])}
@@ -200,11 +202,11 @@ def test_torch_zip_format_with_strides(tmp_path):
   path = tmp_path / 'model.pth'
   # A (2, 3) view with strides (1, 2): the transpose of a contiguous (3, 2).
   _zip_file(path, _zip_tensor_pickle('w', 6, (2, 3), (1, 2)), np.arange(6.0))
-  state = safe_pickle.load_torch_state_dict(path)
+  state = torch_state_dict.load_torch_state_dict(path)
   np.testing.assert_array_equal(state['w'], [[0, 2, 4], [1, 3, 5]])
   assert state['w'].flags.c_contiguous and state['w'].dtype == np.float32
 
   # A layout reaching past the storage is refused, not read out of bounds.
   _zip_file(path, _zip_tensor_pickle('w', 6, (3, 3), (3, 1)), np.arange(6.0))
   with pytest.raises(ValueError, match='overruns'):
-    safe_pickle.load_torch_state_dict(path)
+    torch_state_dict.load_torch_state_dict(path)

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from sbir_jax import experiments
-from sbir_jax import records
+from sbir_jax.core import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

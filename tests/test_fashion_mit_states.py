@@ -1,6 +1,5 @@
 """Fashion200k and MIT-States builders on small files written in the real
 layouts (generated here: the real images are not obtainable offline)."""
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -97,12 +96,12 @@ def _mit_states_root(tmp_path):
 
 def test_composed_task_reads_fashion200k(fashion_root, tfds_dir):
   from configs import fashion200k as fashion_config
-  from sbir_jax.tasks import composed
+  from sbir_jax.tasks.composed import task as composed_task
   config = fashion_config.get_config('tiny')
   config.data.manual_dir = str(fashion_root)
   config.data.tfds_data_dir = tfds_dir
   config.data.val_fraction = 0.0
-  splits = composed.ComposedTask(config, None).splits
+  splits = composed_task.ComposedTask(config, None).splits
   assert splits['train'].images.shape[1:] == (64, 64, 3)
   assert sorted(set(splits['train'].texts)) == [
       'replace blue with red', 'replace maxi with midi', 'replace midi with maxi',
@@ -114,12 +113,12 @@ def test_composed_task_reads_fashion200k(fashion_root, tfds_dir):
 
 def test_composed_task_trains_on_mit_states(tmp_path, tfds_dir):
   from configs import mit_states as mit_config
-  from sbir_jax import train
+  from sbir_jax.core import trainer
   config = mit_config.get_config('concat,tiny')
   config.data.manual_dir = str(_mit_states_root(tmp_path))
   config.data.tfds_data_dir = tfds_dir
   config.data.val_fraction = 0.0
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   # Test queries: 3 tomato images x 1 other adjective each.
   assert results['selected_checkpoint'] == 'latest'
   assert 0 <= results['test_recall@1'] <= 100

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from sbir_jax import input_pipeline
+from sbir_jax.datasets import image_pipeline
+from sbir_jax.tasks.fg_sbir import input_pipeline
 from tests import helpers
 
 
@@ -16,7 +17,7 @@ def _batches(shoes, count, **kwargs):
   config, splits = shoes
   args = dict(global_batch_size=8, seed=0)
   args.update(kwargs)
-  it = input_pipeline.iterate(
+  it = image_pipeline.iterate(
       input_pipeline.triplet_dataset(splits['train'], config.data, **args))
   return [next(it) for _ in range(count)]
 
@@ -46,7 +47,7 @@ def test_true_match_positive_is_the_sketch_photo(shoes):
   data.unlock()
   data.triplet_sampling, data.flip = 'true_match', False
   data.crop_size = data.load_size  # No crop: images come through unchanged.
-  batch = next(input_pipeline.iterate(input_pipeline.triplet_dataset(
+  batch = next(image_pipeline.iterate(input_pipeline.triplet_dataset(
       splits['train'], data, global_batch_size=4, seed=0)))
   train = splits['train']
   for sketch, positive, negative in zip(batch['sketch'], batch['positive'], batch['negative']):
@@ -57,7 +58,7 @@ def test_true_match_positive_is_the_sketch_photo(shoes):
 
 def test_ten_views_are_corners_centre_and_flips():
   images = np.arange(2 * 6 * 6).reshape(2, 6, 6, 1).astype(np.uint8)
-  views = input_pipeline.ten_views(images, 4)
+  views = image_pipeline.ten_views(images, 4)
   assert views.shape == (2, 10, 4, 4, 1)
   np.testing.assert_array_equal(views[:, 0], images[:, :4, :4])
   np.testing.assert_array_equal(views[:, 3], images[:, 2:, 2:])

@@ -9,12 +9,12 @@ lists the numbers measured for each.
 """
 import jax
 import numpy as np
-import pytest
 
 from configs import sketch_pretrain
-from sbir_jax import tasks
-from sbir_jax import train
-from sbir_jax import sharding
+from sbir_jax.core import sharding
+from sbir_jax.core import state as state_lib
+from sbir_jax.core import task as task_lib
+from sbir_jax.core import trainer
 from tests import helpers
 
 FG_STEPS = 200
@@ -54,13 +54,14 @@ def test_collapsed_fg_model_scores_near_zero_on_shoe_v1_test(tfds_dir, qmul_v1_d
   # the same point, so every energy ties: acc@1 must be ~0 (chance 0.87),
   # never 100. The HOLEF energy keeps its initial W = I.
   config = helpers.tiny_config('shoes', tfds_dir, qmul_v1_dir)
-  task = tasks.get_task(config, sharding.make_mesh())
-  params = task.init_params(jax.random.key(0))
+  task = task_lib.make_task(config, sharding.make_mesh())
+  params, model_state = task.init_variables(jax.random.key(0))
   params = {name: sub if name == 'energy' else jax.tree.map(np.zeros_like, sub)
             for name, sub in params.items()}
-  energy = task.energy_matrix(params, 'test')
+  variables = state_lib.variables_of(params, model_state)
+  energy = task.energy_matrix(variables, 'test')
   assert energy.shape == (115, 115) and np.ptp(energy) == 0
-  metrics = task.evaluate(params, 'test')
+  metrics = helpers.evaluate_split(config, task, variables, 'test')
   assert metrics['acc@1'] <= 2.0 and metrics['acc@10'] <= 2.0
 
 
@@ -71,9 +72,11 @@ def test_dssa_learns_on_shoe_v1(tfds_dir, qmul_v1_dir, tmp_path):
   # chance. Measured (README "Learning tests"): trained 19.1 / 67.0; broken
   # runs (ascent, flipped loss, shuffled pairs) end below the untrained start.
   config = fg_learning_config(tfds_dir, qmul_v1_dir)
-  task = tasks.get_task(config, sharding.make_mesh())
-  untrained = task.evaluate(task.init_params(jax.random.key(config.seed)), 'test')
-  results = train.train_and_evaluate(config, str(tmp_path))
+  task = task_lib.make_task(config, sharding.make_mesh())
+  untrained = helpers.evaluate_split(
+      config, task, state_lib.variables_of(*task.init_variables(jax.random.key(config.seed))),
+      'test')
+  results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['test_acc@10'] >= max(30.0, untrained['acc@10'] + 12.0), (
       results, untrained)
 
@@ -83,5 +86,5 @@ def test_sketch_a_net_learns_tu_berlin_40(tfds_dir, tmp_path):
   # 20.0; a flipped loss, shuffled labels and the untrained net stay near
   # chance (README "Learning tests").
   config = sketch_learning_config(tfds_dir, helpers.require_data('tu_berlin_40'))
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['test_acc@1'] >= 10.0, results

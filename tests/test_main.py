@@ -24,6 +24,15 @@ def test_cli_train_then_eval_the_selected_step(tmp_path, tfds_dir, qmul_v1_dir):
             f'--config.data.manual_dir={qmul_v1_dir}']
   trained = _run(*common)
   assert trained.returncode == 0, trained.stderr[-3000:]
+  # A run a person can read: config, data sizes, progress, results on screen;
+  # library chatter (Orbax's INFO lines, the full config) only in the log file.
+  screen = trained.stdout
+  for line in ('Config configs/handbag.py:tiny', 'Data: train sketches/photos',
+               'step 4/4', 'steps/s', 'ETA', 'Selected checkpoint (best, step'):
+    assert line in screen, line
+  assert 'checkpoint_manager.py' not in trained.stderr + screen
+  log = (tmp_path / 'log.txt').read_text()
+  assert 'checkpoint_manager.py' in log and 'Config:' in log
   results = json.loads((tmp_path / 'results.json').read_text())
   selected = results['train']['selected_step']
   # Whichever step validation selected, eval of that step (named by number)
@@ -58,3 +67,15 @@ def test_default_workdir_names_config_and_variants():
   assert main.default_workdir('configs/shoes.py:cpu,no_shortcut') == os.path.join(
       'workdir', 'shoes_cpu_no_shortcut')
   assert main.default_workdir('configs/handbag.py') == os.path.join('workdir', 'handbag')
+
+
+def test_cli_modes_come_from_the_task(tmp_path):
+  # Composed retrieval adds no mode: the error lists what its task offers.
+  run = _run('--config=configs/css.py:tiny', f'--workdir={tmp_path}', '--mode=retrieve')
+  assert run.returncode != 0
+  assert "--mode=retrieve: use train, eval (the modes of task 'composed')" in run.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+  # FG-SBIR's retrieve needs its query before anything is restored.
+  run = _run('--config=configs/handbag.py:tiny', f'--workdir={tmp_path}', '--mode=retrieve')
+  assert run.returncode != 0
+  assert '--mode=retrieve needs --query=<sketch image file>' in run.stderr

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from sbir_jax import checkpointing
+from sbir_jax.core import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,13 +10,15 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import chair_v2
+from sbir_jax.datasets import image_pipeline
 from sbir_jax import edge_maps
-from sbir_jax import input_pipeline
+from sbir_jax.tasks.fg_sbir import input_pipeline
 from sbir_jax import safe_pickle
-from sbir_jax import sharding
+from sbir_jax.core import sharding
+from sbir_jax.core import state as state_lib
 from sbir_jax import strokes
-from sbir_jax import tasks
-from sbir_jax import train
+from sbir_jax.core import task as task_lib
+from sbir_jax.core import trainer
 from sbir_jax.datasets import qmul_chair_v2
 from tests import helpers
 
@@ -156,7 +158,7 @@ def test_rgb_photos_and_true_match_batches(chair, tfds_dir, chair_dir):
   train_ = splits['train']
   assert train_.photos.shape[-1] == 3
   np.testing.assert_array_equal(train_.photo_index, chair[1]['train'].photo_index)
-  batch = next(input_pipeline.iterate(input_pipeline.triplet_dataset(
+  batch = next(image_pipeline.iterate(input_pipeline.triplet_dataset(
       train_, config.data, global_batch_size=16, seed=0)))
   np.testing.assert_array_equal(batch['positive_id'], train_.photo_index[batch['sketch_id']])
   np.testing.assert_array_equal(batch['match_id'], batch['positive_id'])
@@ -171,12 +173,12 @@ def test_eval_scores_every_sketch_against_every_photo(chair):
   config = config.copy_and_resolve_references()
   config.eval.num_views = 1
   mesh = sharding.make_mesh()
-  task = tasks.get_task(config, mesh)
+  task = task_lib.make_task(config, mesh)
   task.__dict__['splits'] = splits  # Reuse the loaded splits.
-  params = task.init_params(jax.random.key(0))
-  energy = task.energy_matrix(params, 'test')
+  variables = state_lib.variables_of(*task.init_variables(jax.random.key(0)))
+  energy = task.energy_matrix(variables, 'test')
   assert energy.shape == (323, 100) and np.isfinite(energy).all()
-  metrics = task.evaluate(params, 'test')
+  metrics = helpers.evaluate_split(config, task, variables, 'test')
   assert 0 <= metrics['acc@1'] <= metrics['acc@10'] <= 100
 
 
@@ -192,6 +194,6 @@ def test_tiny_training_run(tfds_dir, chair_dir, tmp_path):
   config = chair_v2.get_config('tiny')
   config.data.tfds_data_dir, config.data.manual_dir = tfds_dir, chair_dir
   config.eval.num_views = 1  # Seconds, not tens of seconds.
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100
   assert results['devices'] == 8

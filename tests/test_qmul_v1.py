@@ -6,7 +6,7 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from sbir_jax import input_pipeline
+from sbir_jax.tasks.fg_sbir import input_pipeline
 from sbir_jax.datasets import qmul_v1
 from tests import helpers
 

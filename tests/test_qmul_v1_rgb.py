@@ -11,7 +11,7 @@ from etils import epath
 from PIL import Image
 
 from configs import shoes_rgb
-from sbir_jax import input_pipeline
+from sbir_jax.tasks.fg_sbir import input_pipeline
 from sbir_jax.datasets import qmul_v1_rgb
 from tests import helpers
 

@@ -75,14 +75,3 @@ def test_matches_a_brute_force_count():
       order = [j for j in np.argsort(-(gn @ qn[i])) if j != sources[i]]
       hits += targets[i] in labels[order[:k]]
     assert metrics[f'recall@{k}'] == pytest.approx(100 * hits / 30)
-
-
-def test_examples_picture(tmp_path):
-  refs = np.full((2, 64, 64, 3), 255, np.uint8)
-  ranked = np.zeros((2, 5, 64, 64, 3), np.uint8)
-  hits = np.zeros((2, 5), bool)
-  hits[0, 2] = True
-  path = tmp_path / 'x.png'
-  recall_at_k.save_examples_picture(str(path), refs, ['add red circle', 'remove x'],
-                                    ranked, hits)
-  assert path.stat().st_size > 0

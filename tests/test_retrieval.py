@@ -5,16 +5,19 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
-from sbir_jax import retrieval
-from sbir_jax import sharding
-from sbir_jax import tasks
-from sbir_jax import train
+from sbir_jax.tasks.fg_sbir import gallery_file
+from sbir_jax.tasks.fg_sbir import gallery_index
+from sbir_jax.tasks.fg_sbir import query_images
+from sbir_jax.tasks.fg_sbir import retrieval
+from sbir_jax.tasks.fg_sbir import scoring
+from sbir_jax.core import sharding
+from sbir_jax.core import task as task_lib
+from sbir_jax.core import trainer
 from sbir_jax.models import energies
 from tests import helpers
 
@@ -33,7 +36,7 @@ def _reference_scores(kind, W, q_BxD, g_NxD):
   return -np.sum((diff_BxNxD @ W.T) ** 2, axis=-1)  # mahalanobis
 
 
-@pytest.mark.parametrize('kind', retrieval.SCORE_KINDS)
+@pytest.mark.parametrize('kind', scoring.SCORE_KINDS)
 def test_sharded_top_k_equals_numpy_argsort(kind):
   assert jax.device_count() == 8
   rng = np.random.default_rng(0)
@@ -41,8 +44,8 @@ def test_sharded_top_k_equals_numpy_argsort(kind):
   g_NxD = rng.standard_normal((37, 6)).astype(np.float32)
   q_BxD = rng.standard_normal((4, 6)).astype(np.float32)
   W = (np.eye(6) + 0.3 * rng.standard_normal((6, 6))).astype(np.float32)
-  scorer = retrieval.Scorer(kind, W if kind in ('holef', 'mahalanobis') else None)
-  index = retrieval.GalleryIndex(g_NxD, scorer, sharding.make_mesh())
+  scorer = scoring.Scorer(kind, W if kind in ('holef', 'mahalanobis') else None)
+  index = gallery_index.GalleryIndex(g_NxD, scorer, sharding.make_mesh())
   expected = _reference_scores(kind, W, q_BxD, g_NxD)
   order = np.argsort(-expected, axis=1, kind='stable')
   for k in (1, 5, 7, 37):  # 7 > rows per device; 37 = the whole gallery.
@@ -66,10 +69,10 @@ def test_scores_are_minus_the_model_energy(kind):
   params = jax.tree.map(
       lambda x: x + 0.3 * jax.random.normal(jax.random.key(7), x.shape), params)
   energy = np.asarray(module.apply(params, s, p, method=energies.Energy.pairwise))
-  scorer = retrieval.scorer_for_energy(kind, params['params'] if params else None)
-  np.testing.assert_allclose(retrieval.scores(scorer, s, p), -energy,
+  scorer = scoring.scorer_for_energy(kind, params['params'] if params else None)
+  np.testing.assert_allclose(scoring.scores(scorer, s, p), -energy,
                              rtol=1e-4, atol=1e-4)
-  index = retrieval.GalleryIndex(np.asarray(p), scorer, sharding.make_mesh())
+  index = gallery_index.GalleryIndex(np.asarray(p), scorer, sharding.make_mesh())
   top, idx = index.search(np.asarray(s), 9)
   np.testing.assert_allclose(top, np.take_along_axis(-energy, idx, 1), rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(idx, np.argsort(energy, axis=1, kind='stable'))
@@ -80,24 +83,24 @@ def tiny_task(tfds_dir, qmul_v1_dir):
   config = helpers.tiny_config('shoes', tfds_dir, qmul_v1_dir)
   config.eval.num_views = 1
   mesh = sharding.make_mesh()
-  task = tasks.get_task(config, mesh)
-  params = train.create_state(task, config, mesh).params
-  return config, task, params
+  task = task_lib.make_task(config, mesh)
+  state = trainer.create_state(task, config, mesh)
+  return config, task, state
 
 
 def test_fg_sbir_ranking_equals_energy_matrix_on_one_view(tiny_task):
-  config, task, params = tiny_task
-  energy_QxG = task.energy_matrix(params, 'test')  # Centre view (num_views=1).
+  config, task, state = tiny_task
+  energy_QxG = task.energy_matrix(state.variables, 'test')  # Centre view (num_views=1).
   split = task.splits['test']
   crop = config.data.crop_size
-  embed = lambda images: task.embed_images(params, images)
+  embed = lambda images: task.embed_images(state.variables, images)
   gallery = retrieval.embed_gallery(
-      embed, len(split), lambda a, b: retrieval.centre_crop(split.photos[a:b], crop),
+      embed, len(split), lambda a, b: query_images.centre_crop(split.photos[a:b], crop),
       chunk_size=48)
-  queries = embed(retrieval.centre_crop(split.sketches, crop))
-  scorer = retrieval.scorer_for_energy(config.loss.energy, params['energy'])
+  queries = embed(query_images.centre_crop(split.sketches, crop))
+  scorer = scoring.scorer_for_energy(config.loss.energy, state.params['energy'])
   assert scorer.kind == 'holef'
-  index = retrieval.GalleryIndex(gallery, scorer, task.mesh)
+  index = gallery_index.GalleryIndex(gallery, scorer, task.mesh)
   top, idx = index.search(queries, 10)
   # Same best-10 energies as the evaluator's matrix, and the returned rows
   # are the ones with those energies (robust to float near-ties).
@@ -110,67 +113,68 @@ def test_fg_sbir_ranking_equals_energy_matrix_on_one_view(tiny_task):
 
 
 def test_gallery_file_round_trip_and_refusals(tiny_task, tmp_path):
-  config, task, params = tiny_task
-  fingerprint = retrieval.model_fingerprint(config, task.model.output_dim, params)
+  config, task, state = tiny_task
+  params = state.params
+  fingerprint = gallery_file.model_fingerprint(config, task.model.output_dim, params)
   rng = np.random.default_rng(0)
-  gallery = retrieval.Gallery(
+  gallery = gallery_file.Gallery(
       rng.standard_normal((5, task.model.output_dim)).astype(np.float32),
       np.array(['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg', 'e.jpg']), fingerprint, '/photos')
   path = str(tmp_path / 'gallery.npz')
-  retrieval.save_gallery(path, gallery)
-  loaded = retrieval.load_gallery(path, fingerprint)
+  gallery_file.save_gallery(path, gallery)
+  loaded = gallery_file.load_gallery(path, fingerprint)
   np.testing.assert_array_equal(loaded.embeddings, gallery.embeddings)
   assert list(loaded.ids) == list(gallery.ids)
   assert loaded.fingerprint == fingerprint and loaded.source == '/photos'
 
   # Other weights (e.g. another checkpoint): refused, naming what differs.
   other_params = jax.tree.map(lambda x: x + 1.0, params)
-  other = retrieval.model_fingerprint(config, task.model.output_dim, other_params)
-  with pytest.raises(retrieval.GalleryMismatchError, match='params_hash'):
-    retrieval.load_gallery(path, other)
+  other = gallery_file.model_fingerprint(config, task.model.output_dim, other_params)
+  with pytest.raises(gallery_file.GalleryMismatchError, match='params_hash'):
+    gallery_file.load_gallery(path, other)
   # Another embedding size: refused on the dimension.
   small = dict(fingerprint, embedding_dim=8)
-  with pytest.raises(retrieval.GalleryMismatchError, match='holds 48-d.*embeds 8-d'):
-    retrieval.load_gallery(path, small)
+  with pytest.raises(gallery_file.GalleryMismatchError, match='holds 48-d.*embeds 8-d'):
+    gallery_file.load_gallery(path, small)
   # Not a gallery file at all.
   junk = tmp_path / 'junk.npz'
   junk.write_bytes(b'not a zip')
-  with pytest.raises(retrieval.GalleryMismatchError, match='not a gallery file'):
-    retrieval.load_gallery(str(junk))
+  with pytest.raises(gallery_file.GalleryMismatchError, match='not a gallery file'):
+    gallery_file.load_gallery(str(junk))
 
 
 def test_query_files_are_refused_or_converted(tmp_path):
   text = tmp_path / 'notes.txt'
   text.write_text('this is not a sketch')
-  with pytest.raises(retrieval.ImageFileError, match=r'notes\.txt is not an image'):
-    retrieval.load_query(str(text), 112)
+  with pytest.raises(query_images.ImageFileError, match=r'notes\.txt is not an image'):
+    query_images.load_query(str(text), 112)
   empty = tmp_path / 'empty.png'
   empty.write_bytes(b'')
-  with pytest.raises(retrieval.ImageFileError, match=r'empty\.png is empty'):
-    retrieval.load_query(str(empty), 112)
-  with pytest.raises(retrieval.ImageFileError, match='no such file'):
-    retrieval.load_query(str(tmp_path / 'missing.png'), 112)
+  with pytest.raises(query_images.ImageFileError, match=r'empty\.png is empty'):
+    query_images.load_query(str(empty), 112)
+  with pytest.raises(query_images.ImageFileError, match='no such file'):
+    query_images.load_query(str(tmp_path / 'missing.png'), 112)
   tiny = tmp_path / 'tiny.png'
   Image.new('L', (8, 8), 0).save(tiny)
-  with pytest.raises(retrieval.ImageFileError, match='too small'):
-    retrieval.load_query(str(tiny), 112)
+  with pytest.raises(query_images.ImageFileError, match='too small'):
+    query_images.load_query(str(tiny), 112)
   blank = tmp_path / 'blank.png'
   Image.new('RGB', (256, 256), 'white').save(blank)
-  with pytest.raises(retrieval.ImageFileError, match='blank'):
-    retrieval.load_query(str(blank), 112)
+  with pytest.raises(query_images.ImageFileError, match='blank'):
+    query_images.load_query(str(blank), 112)
 
   # RGBA with a transparent background: strokes stay dark, the rest is white.
   rgba = np.zeros((300, 200, 4), np.uint8)  # Not square, not 256.
   rgba[100:200, 50:150] = (10, 20, 30, 255)
   path = tmp_path / 'sketch.png'
   Image.fromarray(rgba, 'RGBA').save(path)
-  image = retrieval.load_query(str(path), 112)
+  image = query_images.load_query(str(path), 112)
   assert image.shape == (112, 112, 1) and image.dtype == np.uint8
   assert image[0, 0, 0] == 255 and image[56, 56, 0] < 40
   # 16-bit grey is scaled, not clipped.
   wide = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
   Image.fromarray(wide).save(tmp_path / 'wide.png')
-  grey = retrieval.read_grey_image(str(tmp_path / 'wide.png'))
+  grey = query_images.read_grey_image(str(tmp_path / 'wide.png'))
   assert grey.shape == (256, 256) and grey.min() < 10 and grey.max() > 245
 
 
@@ -180,17 +184,17 @@ def test_real_rgba_sketch_converts_to_the_dataset_sketch(qmul_v1_dir):
   assert Image.open(path).mode == 'RGBA'
   expected = scipy.io.loadmat(
       os.path.join(qmul_v1_dir, 'shoes', 'shoes_sketch_db_test.mat'))['data'][0]
-  np.testing.assert_array_equal(retrieval.read_grey_image(path), expected)
+  np.testing.assert_array_equal(query_images.read_grey_image(path), expected)
 
 
 def test_photo_folder_is_listed_and_read(tmp_path):
   photos = helpers.require_data('qmul_v1_rgb/shoes/test/images')
-  names = retrieval.list_images(photos)
+  names = query_images.list_images(photos)
   assert len(names) == 115 and names[0] == '305.jpg'
-  image = retrieval.load_image(os.path.join(photos, names[0]), 144)
+  image = query_images.load_image(os.path.join(photos, names[0]), 144)
   assert image.shape == (144, 144, 1) and image.dtype == np.uint8
-  with pytest.raises(retrieval.ImageFileError, match='holds no image files'):
-    retrieval.list_images(str(tmp_path))
+  with pytest.raises(query_images.ImageFileError, match='holds no image files'):
+    query_images.list_images(str(tmp_path))
 
 
 def test_retrieve_mode_writes_results_and_attention_pictures(tfds_dir, qmul_v1_dir,
@@ -202,7 +206,7 @@ def test_retrieve_mode_writes_results_and_attention_pictures(tfds_dir, qmul_v1_d
   config.data.load_size, config.data.crop_size = 144, 129
   config.num_train_steps, config.eval.num_views = 2, 1  # Seconds, not minutes.
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir))
 
   # The command line, on 2 devices (the checkpoint was written by 8).
   overrides = ['--config.data.load_size=144', '--config.data.crop_size=129',
@@ -224,11 +228,13 @@ def test_retrieve_mode_writes_results_and_attention_pictures(tfds_dir, qmul_v1_d
     assert image.mode == 'RGB' and image.width > 5 * 160
   with Image.open(attention) as image:
     assert image.width > 2 * 256
-  gallery = retrieval.load_gallery(str(workdir / 'retrieval' / 'gallery_test.npz'))
+  gallery = gallery_file.load_gallery(str(workdir / 'retrieval' / 'gallery_test.npz'))
   assert gallery.embeddings.shape == (115, 48) and gallery.source == 'test'
 
   # A bad query stops before anything slow, naming the file.
   empty = tmp_path / 'empty.png'
   empty.write_bytes(b'')
-  with pytest.raises(retrieval.ImageFileError, match=r'empty\.png is empty'):
-    retrieval.retrieve(config, str(workdir), str(empty), 'test', 3)
+  with pytest.raises(query_images.ImageFileError, match=r'empty\.png is empty'):
+    # No restored state: the query is read before the model is touched.
+    retrieval.retrieve(task_lib.make_task(config, sharding.make_mesh()), None,
+                       str(workdir), str(empty), 'test', 3)

@@ -13,8 +13,10 @@ from flax import traverse_util
 
 from configs import fg_sbir_common
 from sbir_jax import losses
-from sbir_jax import sharding
-from sbir_jax import train
+from sbir_jax.core import optim
+from sbir_jax.core import sharding
+from sbir_jax.core import state as state_lib
+from sbir_jax.core import trainer
 from sbir_jax.models import convert_efficientnet
 from sbir_jax.models import depthwise
 from sbir_jax.models import dssa
@@ -33,8 +35,8 @@ def _config(variants: str, weights: str = ''):
   return config
 
 
-def _task(config) -> fg_sbir.FgSbirTask:
-  return fg_sbir.FgSbirTask(config, sharding.make_mesh())
+def _task(config) -> fg_sbir.Task:
+  return fg_sbir.Task(config, sharding.make_mesh())
 
 
 def _triplets(config, seed: int = 0) -> dict:
@@ -62,10 +64,16 @@ def weights(imagenet, tmp_path_factory) -> str:
   return convert_efficientnet.save_npz(imagenet, tmp_path_factory.mktemp('weights'))
 
 
+def _init(task):
+  """(params, model_state) of the task's jitted init."""
+  return jax.jit(task.init_variables)(jax.random.key(0))
+
+
 @pytest.fixture(scope='module', params=DESIGNS)
 def initialised(request, weights):
+  """(task, its initial variables: params and model_state)."""
   task = _task(_config(f'tiny,{request.param}', weights))
-  return task, jax.jit(task.init_params)(jax.random.key(0))
+  return task, state_lib.variables_of(*_init(task))
 
 
 def test_depthwise_conv_and_its_gradient_equal_xla_grouped_conv():
@@ -85,13 +93,13 @@ def test_depthwise_conv_and_its_gradient_equal_xla_grouped_conv():
 
 
 def test_embeddings_have_one_shape_and_norm_for_both_domains(initialised):
-  task, params = initialised
+  task, variables = initialised
   size = task.config.data.crop_size
   rng = np.random.default_rng(1)
   sketches = rng.integers(0, 256, (5, size, size, 1), np.uint8)
   photos = rng.integers(0, 256, (5, size, size, 3), np.uint8)
-  s = task.embed_images(params, sketches, 'sketch')
-  p = task.embed_images(params, photos, 'photo')
+  s = task.embed_images(variables, sketches, 'sketch')
+  p = task.embed_images(variables, photos, 'photo')
   assert s.shape == p.shape == (5, task.model.output_dim)
   # DSSA's output is coarse and fine parts, each unit length: norm sqrt(2).
   parts = 2 if task.config.model.name == 'rgb_two_towers' else 1
@@ -99,13 +107,14 @@ def test_embeddings_have_one_shape_and_norm_for_both_domains(initialised):
   np.testing.assert_allclose(np.linalg.norm(p, axis=1), np.sqrt(parts), rtol=1e-5)
   assert not np.allclose(p[0], p[1])
   with pytest.raises(ValueError, match="pass domain='sketch' or domain='photo'"):
-    task.embed_images(params, photos)
+    task.embed_images(variables, photos)
 
 
 def test_initial_backbone_is_the_imagenet_weights(initialised, imagenet):
-  task, params = initialised
+  task, variables = initialised
+  params = variables['params']
   ours = traverse_util.flatten_dict({'params': params['backbone'],
-                                     'batch_stats': params['batch_stats']['backbone']})
+                                     'batch_stats': variables['batch_stats']['backbone']})
   theirs = traverse_util.flatten_dict(imagenet)
   assert {k for k in theirs if 'fc' not in k} == set(ours)  # All but the classifier.
   for path, value in ours.items():
@@ -118,7 +127,8 @@ def test_initial_backbone_is_the_imagenet_weights(initialised, imagenet):
         imagenet['params']['conv_stem']['kernel'].sum(axis=2), rtol=1e-6)
     np.testing.assert_array_equal(stem['bn0']['scale'], imagenet['params']['bn0']['scale'])
   else:  # The sketch tower is DSSA, under DSSA's own names.
-    dssa_params = jax.eval_shape(lambda: _task(_config('tiny')).init_params(jax.random.key(0)))
+    dssa_params, _ = jax.eval_shape(
+        lambda: _task(_config('tiny')).init_variables(jax.random.key(0)))
     assert set(dssa_params) < set(params)
 
 
@@ -127,14 +137,21 @@ def test_frozen_layers_and_statistics_get_zero_updates(weights):
   config.model.frozen_backbone_layers = 5  # Stem and blocks 0-3.
   config.optimizer.name = 'adam'
   task = _task(config)
-  params = jax.jit(task.init_params)(jax.random.key(0))
-  grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, _triplets(config), jax.random.key(1))[0]))(params)
-  tx = train.make_optimizer(config.optimizer)
+  params, model_state = _init(task)
+  grads, (_, new_state) = jax.jit(jax.grad(
+      lambda p: task.loss_fn(p, model_state, _triplets(config), jax.random.key(1)),
+      has_aux=True))(params)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   updates, _ = tx.update(grads, tx.init(params), params)
   frozen = ['conv_stem', 'bn0'] + [f'blocks_{i}' for i in range(4)]
   for name in frozen:
     assert all(not np.any(u) for u in jax.tree.leaves(updates['backbone'][name])), name
-  assert all(not np.any(u) for u in jax.tree.leaves(updates['batch_stats']))
+  # BatchNorm statistics are not parameters: they live in model_state, which
+  # the optimizer never sees, and with frozen_batch_norm the loss returns them
+  # unchanged.
+  assert 'batch_stats' not in params and 'batch_stats' not in updates
+  assert set(model_state) == {'batch_stats'}
+  jax.tree.map(np.testing.assert_array_equal, new_state, model_state)
   for trained in (updates['backbone']['blocks_4'], updates['backbone']['conv_head'],
                   updates['sketch_stem'], updates['projection']):
     assert any(np.any(u) for u in jax.tree.leaves(trained))
@@ -144,12 +161,13 @@ def test_batch_statistics_mode_updates_the_running_averages(weights):
   config = _config('tiny,rgb_two_towers', weights)
   config.model.frozen_batch_norm = False
   task = _task(config)
-  assert hasattr(task, 'train_step')  # The trainer then uses the task's step.
-  params = jax.jit(task.init_params)(jax.random.key(0))
-  _, (_, stats) = jax.jit(task._loss_and_batch_stats)(params, _triplets(config),
-                                                      jax.random.key(1))
-  old = traverse_util.flatten_dict(params['batch_stats'])
-  new = traverse_util.flatten_dict(stats)
+  params, model_state = _init(task)
+  # The loss returns the model_state after the batch; the trainer's one step
+  # carries it into the next state.
+  _, (_, new_state) = jax.jit(task.loss_fn)(params, model_state, _triplets(config),
+                                            jax.random.key(1))
+  old = traverse_util.flatten_dict(model_state['batch_stats'])
+  new = traverse_util.flatten_dict(new_state['batch_stats'])
   assert set(old) == set(new) and any(not np.allclose(old[k], new[k]) for k in old)
 
 
@@ -157,11 +175,14 @@ def test_dssa_path_is_unchanged():
   config = _config('tiny,sampled_negatives')
   config.data.photo_input = 'edge'
   task = _task(config)
-  assert not hasattr(task, 'train_step') and isinstance(task.model, dssa.DSSA)
-  params = task.init_params(jax.random.key(0))
+  assert isinstance(task.model, dssa.DSSA)
+  params, model_state = task.init_variables(jax.random.key(0))
+  assert model_state == {}  # Nothing but parameters.
   assert 'batch_stats' not in params and 'backbone' not in params
+  variables = state_lib.variables_of(params, model_state)
   batch, rng = _triplets(config), jax.random.key(1)
-  loss, _ = task.loss_fn(params, batch, rng)
+  loss, (_, new_state) = task.loss_fn(params, model_state, batch, rng)
+  assert new_state == {}
   # The triplet loss of one shared branch, computed by hand.
   x = np.concatenate([batch['sketch'], batch['positive'], batch['negative']])
   x = (x.astype(np.float32) - config.pixel_mean) * config.input_scale
@@ -172,14 +193,17 @@ def test_dssa_path_is_unchanged():
           + config.loss.holef_lambda * apply(method=dssa.DSSA.energy_regulariser))
   np.testing.assert_allclose(loss, want, rtol=1e-6)
   images = batch['positive'][:4]
-  one = task.embed_images(params, images)
+  one = task.embed_images(variables, images)
   for domain in rgb_dssa.DOMAINS:
-    np.testing.assert_array_equal(task.embed_images(params, images, domain), one)
+    np.testing.assert_array_equal(task.embed_images(variables, images, domain), one)
 
 
 @pytest.mark.parametrize('change, message', [
     (dict(photo_input='edge'), 'config.data.photo_input=.edge.; set it to "rgb"'),
-    (dict(weight_decay=1e-4), r"weight_decay would shrink \['batch_stats'\]"),
+    # Weight decay on frozen layers (BatchNorm statistics are model_state, not
+    # parameters, so decay alone is fine: see the test below).
+    (dict(weight_decay=1e-4, frozen_backbone_layers=1),
+     r"weight_decay would shrink \['backbone/conv_stem', 'backbone/bn0'\]"),
     (dict(frozen_backbone_layers=19), 'frozen_backbone_layers=19; use 0'),
 ])
 def test_bad_settings_are_refused_with_the_fix(change, message):
@@ -194,6 +218,19 @@ def test_bad_settings_are_refused_with_the_fix(change, message):
     _task(config)
 
 
+def test_weight_decay_never_reaches_batch_norm_statistics(weights):
+  # The old guard (decay would shrink params['batch_stats']) is gone by design:
+  # the statistics are model_state, which the optimizer is never given.
+  config = _config('tiny,rgb_two_towers', weights)
+  config.optimizer.weight_decay = 1e-4
+  task = _task(config)
+  params, model_state = jax.eval_shape(task.init_variables, jax.random.key(0))
+  assert 'batch_stats' not in params and 'batch_stats' in model_state
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  state = jax.eval_shape(lambda: state_lib.TrainState.create(params, model_state, tx))
+  assert 'batch_stats' not in str(jax.tree_util.tree_structure(state.opt_state))
+
+
 def test_rgb_model_name_without_its_variant_is_refused():
   config = _config('tiny')
   config.model.name = 'rgb_two_towers'
@@ -206,5 +243,5 @@ def test_few_training_steps_on_real_rgb_shoes(tfds_dir, tmp_path, weights):
                                variants='tiny,rgb_two_towers', source='qmul_v1_rgb')
   config.model.pretrained_weights = weights
   config.num_train_steps = config.checkpoint_every_steps = 2
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100

@@ -8,9 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import sketch_pretrain
-from sbir_jax import checkpointing
-from sbir_jax import train
-from sbir_jax import warm_start
+from sbir_jax.core import checkpointing
+from sbir_jax.core import optim
+from sbir_jax.core import trainer
+from sbir_jax.core import warm_start
 from sbir_jax.datasets import sketch_classes
 from tests import helpers
 
@@ -77,14 +78,15 @@ def test_merge_matching_copies_only_same_name_and_shape():
 
 def test_frozen_prefix_gets_no_update_and_unknown_prefix_is_refused():
   params = {'trunk': {'conv1': {'kernel': np.ones(3)}, 'conv5': {'kernel': np.ones(3)}}}
-  opt = sketch_pretrain.get_config('cpu').optimizer
-  tx = train.make_optimizer(opt, frozen=('trunk/conv1',))
+  config = sketch_pretrain.get_config('cpu')
+  opt, steps = config.optimizer, config.num_train_steps
+  tx = optim.make_optimizer(opt, steps, frozen=('trunk/conv1',))
   grads = jax.tree.map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_array_equal(updates['trunk']['conv1']['kernel'], 0)
   assert np.all(np.asarray(updates['trunk']['conv5']['kernel']) != 0)
   with pytest.raises(ValueError, match='trunk/conv9'):
-    train.make_optimizer(opt, frozen=('trunk/conv9',)).init(params)
+    optim.make_optimizer(opt, steps, frozen=('trunk/conv9',)).init(params)
 
 
 def test_pretrain_then_warm_start_dssa_with_frozen_conv1_4(tfds_dir, qmul_v1_dir, tmp_path):
@@ -92,13 +94,13 @@ def test_pretrain_then_warm_start_dssa_with_frozen_conv1_4(tfds_dir, qmul_v1_dir
   pre.data.tu_berlin_dir = helpers.require_data('tu_berlin_40')
   pre.data.tfds_data_dir = tfds_dir
   pre_dir = str(tmp_path / 'pretrain')
-  results = train.train_and_evaluate(pre, pre_dir)
+  results = trainer.train_and_evaluate(pre, pre_dir)
   assert 0 <= results['test_acc@1'] <= results['test_acc@5'] <= 100
 
   fine = helpers.tiny_config('shoes', tfds_dir, qmul_v1_dir, 'tiny,freeze_conv1_4')
   fine.init_from = pre_dir
   fine_dir = str(tmp_path / 'fine')
-  train.train_and_evaluate(fine, fine_dir)
+  trainer.train_and_evaluate(fine, fine_dir)
   summary = json.loads((tmp_path / 'fine' / 'results.json').read_text())['warm_start']
   assert set(summary['init_from_copied']) == {
       f'trunk/conv{i}/{w}' for i in range(1, 6) for w in ('kernel', 'bias')} | {
@@ -117,4 +119,4 @@ def test_init_from_a_folder_without_checkpoints_is_refused(tfds_dir, qmul_v1_dir
   fine = helpers.tiny_config('shoes', tfds_dir, qmul_v1_dir)
   fine.init_from = str(tmp_path / 'nowhere')
   with pytest.raises(checkpointing.CheckpointError, match='sketch_pretrain'):
-    train.train_and_evaluate(fine, str(tmp_path / 'fine'))
+    trainer.train_and_evaluate(fine, str(tmp_path / 'fine'))

@@ -1,14 +1,13 @@
 """End to end on 8 simulated devices with the `tiny` variant on real Shoe V1."""
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from sbir_jax import checkpointing
-from sbir_jax import train
+from sbir_jax.core import checkpointing
+from sbir_jax.core import trainer
 from tests import helpers
 
 
@@ -25,11 +24,11 @@ def _latest_params(workdir, config):
 def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path):
   assert jax.device_count() == 8
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(config, workdir)
+  results = trainer.train_and_evaluate(config, workdir)
   assert results['devices'] == 8
   assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100
   assert np.isfinite(results['test_acc@1'])
-  evaluated = train.evaluate(config, workdir, 'best')
+  evaluated = trainer.evaluate(config, workdir, 'best')
   assert evaluated['step'] == results['selected_step']
   assert evaluated['test_acc@1'] == pytest.approx(results['test_acc@1'])
   assert evaluated['test_acc@10'] == pytest.approx(results['test_acc@10'])
@@ -39,11 +38,11 @@ def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path):
 
 def test_kill_and_resume_matches_uninterrupted_run(config, tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(config, straight)
+  trainer.train_and_evaluate(config, straight)
   # Killed after step 2 (its checkpoint is written), then restarted.
-  train.train_and_evaluate(config, resumed, stop_after_steps=2)
+  trainer.train_and_evaluate(config, resumed, stop_after_steps=2)
   assert checkpointing.make_manager(resumed, read_only=True).latest_step() == 2
-  train.train_and_evaluate(config, resumed)
+  trainer.train_and_evaluate(config, resumed)
   step_a, params_a = _latest_params(straight, config)
   step_b, params_b = _latest_params(resumed, config)
   assert step_a == step_b == config.num_train_steps
@@ -53,17 +52,17 @@ def test_kill_and_resume_matches_uninterrupted_run(config, tmp_path):
 def test_batch_not_divisible_by_devices_is_refused(config, tmp_path):
   config.batch_size = 12
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
 
 
 def test_eval_without_checkpoint_says_train_first(config, tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match='Train first'):
-    train.evaluate(config, str(tmp_path / 'empty'), 'latest')
+    trainer.evaluate(config, str(tmp_path / 'empty'), 'latest')
 
 
 def test_corrupt_checkpoint_is_named_and_nothing_is_deleted(config, tmp_path):
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir), stop_after_steps=2)
+  trainer.train_and_evaluate(config, str(workdir), stop_after_steps=2)
   step_dir = workdir / 'checkpoints' / '2'
   for root, _, files in os.walk(step_dir / 'default'):
     for name in files:
@@ -71,15 +70,49 @@ def test_corrupt_checkpoint_is_named_and_nothing_is_deleted(config, tmp_path):
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'garbage')
   with pytest.raises(checkpointing.CheckpointError, match='unreadable'):
-    train.evaluate(config, str(workdir), 'latest')
+    trainer.evaluate(config, str(workdir), 'latest')
   assert step_dir.exists()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_keeps_it(config, tmp_path,
+                                                                capsys, caplog):
+  # Checkpoints at 2 and 4 of 6 steps, then a kill; step 4's files get damaged
+  # (every file truncated to garbage, metadata too, as a full disk leaves them).
+  config.num_train_steps, config.keep_latest = 6, 2
+  config.eval.num_views = 1  # Seconds, not tens of seconds.
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(config, str(workdir), stop_after_steps=4)
+  assert checkpointing.make_manager(str(workdir), read_only=True).all_steps() == [2, 4]
+  damaged = workdir / 'checkpoints' / '4'
+  for root, _, files in os.walk(damaged):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  # The restart resumes from step 2, naming the unreadable step 4 in the log,
+  # and runs on (killed again after one step, before it would reach step 4).
+  capsys.readouterr()
+  with caplog.at_level('WARNING'):
+    trainer.train_and_evaluate(config, str(workdir), stop_after_steps=1)
+  assert 'Resumed from step 2 in' in capsys.readouterr().out
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert any('Checkpoint 4 in' in w and 'unreadable' in w for w in warnings), warnings
+  assert damaged.exists()  # Nothing deleted.
+  # Asked for by name, the damaged step still fails clearly.
+  with pytest.raises(checkpointing.CheckpointError, match='Checkpoint 4 in .* unreadable'):
+    trainer.evaluate(config, str(workdir), '4')
+  assert damaged.exists()
+  # Run to the end: step 4 is written anew, the damaged one kept beside it.
+  results = trainer.train_and_evaluate(config, str(workdir))
+  assert results['trained_steps'] == 6 and np.isfinite(results['test_acc@1'])
+  assert (workdir / 'checkpoints' / '4.unreadable' / 'default').is_dir()
+  assert checkpointing.make_manager(str(workdir), read_only=True).latest_step() == 6
 
 
 def test_non_finite_loss_stops_with_advice(config, tmp_path):
   config.optimizer.learning_rate = 1e30
   config.optimizer.name = 'sgd'
-  with pytest.raises(train.NonFiniteLossError, match='learning_rate'):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(trainer.NonFiniteLossError, match='learning_rate'):
+    trainer.train_and_evaluate(config, str(tmp_path))
 
 
 def test_unknown_variant_and_key_are_refused(tfds_dir, qmul_v1_dir):

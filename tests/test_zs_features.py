@@ -5,8 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sbir_jax import features
-from sbir_jax import sharding
+from sbir_jax.tasks.zs_sbir import features
+from sbir_jax.core import sharding
 from sbir_jax.datasets import tu_berlin
 from tests import helpers
 

@@ -2,13 +2,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.linalg
 
 from sbir_jax.models import zs_baselines
 from sbir_jax.models import zs_caae
 from sbir_jax.models import zs_cvae
-from sbir_jax.tasks import zs_sbir
+from sbir_jax.tasks.zs_sbir import task as zs_task
 
 D = 12
 
@@ -63,32 +64,103 @@ def test_caae_loss_adds_the_adversarial_term_to_the_reconstruction():
   assert total == pytest.approx(1.0 + 10.0 - 2.0 * np.log(2), rel=1e-6)
 
 
-@pytest.mark.parametrize('variant,module,name', [('tiny', zs_cvae, 'cvae_loss'),
-                                                 ('tiny,caae', zs_caae, 'caae_loss')])
-def test_the_trainer_minimises_the_tested_loss(variant, module, name, monkeypatch):
-  """tasks/zs_sbir.py's train step takes its loss, and the gradient it
-  descends, from `cvae_loss` / `caae_loss` (tested above) and from nothing
-  else: with the loss replaced by a constant, the step reports that constant
-  and a zero gradient."""
+# CAAE's one loss is the generator's plus the discriminator's (each player
+# sees the other through stop_gradient): both are replaced for CAAE.
+@pytest.mark.parametrize('variant,patched', [
+    ('tiny', ((zs_cvae, 'cvae_loss'),)),
+    ('tiny,caae', ((zs_caae, 'caae_loss'), (zs_caae, 'discriminator_loss')))])
+def test_the_trainer_minimises_the_tested_loss(variant, patched, monkeypatch):
+  """The trainer's step takes its loss, and the gradient it descends, from
+  `cvae_loss` / `caae_loss` + `discriminator_loss` (tested here) and from
+  nothing else: with the generator's loss replaced by a constant (and the
+  discriminator's by 0), the step reports that constant and a zero gradient."""
   from configs import zs_sketchy
-  from sbir_jax import sharding
+  from sbir_jax.core import sharding
+  from sbir_jax.core import trainer
   calls = []
-  real = getattr(module, name)
 
-  def constant_loss(*args, **kwargs):
-    loss, parts = real(*args, **kwargs)
-    calls.append(name)
-    return 0.0 * loss + 123.0, parts
-  monkeypatch.setattr(module, name, constant_loss)
-  task = zs_sbir.ZsSbirTask(zs_sketchy.get_config(variant), sharding.make_mesh())
+  def constant(module, name, value):
+    real = getattr(module, name)
+
+    def constant_loss(*args, **kwargs):
+      loss, parts = real(*args, **kwargs)
+      calls.append(name)
+      return 0.0 * loss + value, parts
+    monkeypatch.setattr(module, name, constant_loss)
+  for i, (module, name) in enumerate(patched):
+    constant(module, name, 123.0 if i == 0 else 0.0)
+  config = zs_sketchy.get_config(variant)
+  mesh = sharding.make_mesh()
+  task = zs_task.ZsSbirTask(config, mesh)
   rng = np.random.default_rng(0)
   batch = {k: np.abs(rng.normal(size=(8, task.config.features.dim))).astype(np.float32)
            for k in ('sketch', 'photo')}
-  state = jax.jit(task.create_state)(jax.random.key(0))  # Jitted: compiles once.
-  _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
-  assert calls == [name]
+  state = trainer.create_state(task, config, mesh)
+  _, metrics = trainer.make_train_step(task, config, mesh)(state, batch)
+  assert calls == [name for _, name in patched]
   assert float(metrics['loss']) == 123.0
   assert float(metrics['grad_norm']) == 0.0
+
+
+def test_one_trainer_step_moves_each_caae_player_by_its_own_loss():
+  """CAAE's single loss: one trainer step moves the generator (encoder /
+  decoder) by the gradient of `caae_loss` with the discriminator fixed, and
+  the discriminator, at its own optimizer group's rate, by the gradient of
+  `discriminator_loss` on fixed codes (a prior sample against the encoder's).
+  Plain SGD so that each update is -rate x gradient."""
+  from configs import zs_sketchy
+  from sbir_jax.core import trainer
+  config = zs_sketchy.get_config('tiny,caae')
+  config.optimizer.name, config.optimizer.learning_rate = 'sgd', 0.1
+  config.optimizer.groups.discriminator.learning_rate = 0.5  # Its own rate.
+  # One device: which gradient moves which player does not depend on the
+  # mesh, and one device compiles faster than eight.
+  mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+  task = zs_task.ZsSbirTask(config, mesh)
+  rng = np.random.default_rng(0)
+  batch = {k: np.abs(rng.normal(size=(8, config.features.dim))).astype(np.float32)
+           for k in ('sketch', 'photo')}
+  state = trainer.create_state(task, config, mesh)
+  params, model_state = jax.tree.map(np.asarray, (state.params, state.model_state))
+  new_state, metrics = trainer.make_train_step(task, config, mesh)(state, batch)
+
+  # The step's randomness: fold_in(seed, step), split as the task's loss does.
+  r_noise, r_dropout, r_prior = jax.random.split(
+      jax.random.fold_in(jax.random.key(config.seed), 0), 3)
+  lcfg, img, sketch = config.loss, batch['photo'], batch['sketch']
+
+  def forward(model_params):
+    out, _ = task.model.apply({'params': model_params, **model_state}, img, sketch,
+                              True, mutable=['batch_stats'],
+                              rngs={'noise': r_noise, 'dropout': r_dropout})
+    return out
+
+  def generator_loss(model_params):
+    out = forward(model_params)
+    fake = task.disc.apply({'params': params['discriminator']}, out['z'])
+    return zs_caae.caae_loss(out, img, sketch, fake, lcfg.sketch_recon_weight,
+                             lcfg.adversarial_weight, config.model.adversarial_loss)[0]
+
+  def discriminator_loss(disc_params):
+    z_fake = forward(params['model'])['z']  # Codes of the generator before the step.
+    z_real = jax.random.normal(r_prior, z_fake.shape)
+    return zs_caae.discriminator_loss(task.disc.apply({'params': disc_params}, z_real),
+                                      task.disc.apply({'params': disc_params}, z_fake))[0]
+
+  # Jitted: one compilation instead of op-by-op dispatch.
+  (gen_loss, g_model), g_disc = jax.jit(lambda p: (
+      jax.value_and_grad(generator_loss)(p['model']),
+      jax.grad(discriminator_loss)(p['discriminator'])))(params)
+  for grads in (g_model, g_disc):  # Both players really move.
+    assert float(optax.global_norm(grads)) > 1e-6
+  for name, grads, rate in (('model', g_model, 0.1), ('discriminator', g_disc, 0.5)):
+    jax.tree.map(lambda new, old, g: np.testing.assert_allclose(
+        new, old - rate * g, rtol=1e-4, atol=1e-6),
+        new_state.params[name], params[name], grads)
+  np.testing.assert_allclose(float(metrics['loss']), float(metrics['generator_loss'])
+                             + float(metrics['disc_loss']), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics['generator_loss']), float(gen_loss),
+                             rtol=1e-5)
 
 
 def test_caae_parts_and_adversarial_losses():
@@ -118,7 +190,7 @@ def test_kmeans_finds_two_clusters():
   a = rng.normal(size=(10, 2)) * 0.01 + [5, 5]
   b = rng.normal(size=(10, 2)) * 0.01 - [5, 5]
   x = jnp.asarray(np.concatenate([a[:1], b[:1], a[1:], b[1:]]), jnp.float32)
-  centres = np.asarray(zs_sbir.kmeans(x, 2, 5))
+  centres = np.asarray(zs_task.kmeans(x, 2, 5))
   np.testing.assert_allclose(sorted(centres[:, 0]), [b[:, 0].mean(), a[:, 0].mean()],
                              atol=1e-4)
 

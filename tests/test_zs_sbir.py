@@ -11,11 +11,11 @@ import pytest
 
 from configs import zs_doodle
 from configs import zs_sketchy
-from sbir_jax import checkpointing
-from sbir_jax import sharding
-from sbir_jax import train
+from sbir_jax.core import checkpointing
+from sbir_jax.core import sharding
+from sbir_jax.core import trainer
 from sbir_jax.datasets import sketchy
-from sbir_jax.tasks import zs_sbir
+from sbir_jax.tasks.zs_sbir import task as zs_task
 from tests import helpers
 from tests import zs_helpers
 
@@ -46,13 +46,13 @@ def test_tiny_cvae_trains_checkpoints_and_evaluates(sketchy_data, tmp_path):
   assert jax.device_count() == 8
   config = _config(sketchy_data)
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(config, workdir)
+  results = trainer.train_and_evaluate(config, workdir)
   assert results['selected_checkpoint'] == 'latest'  # No val split on Sketchy.
   assert results['selected_step'] == config.num_train_steps
   for name in ('P@20', 'mAP@20', 'mAP@20_div_k', 'mAP@all', 'untrained_mAP@all'):
     assert 0.0 <= results[f'test_{name}'] <= 1.0, name
   assert results['test_mAP@20_div_k'] <= results['test_mAP@20']
-  evaluated = train.evaluate(config, workdir, 'latest')  # What --mode=eval runs.
+  evaluated = trainer.evaluate(config, workdir, 'latest')  # What --mode=eval runs.
   assert evaluated['test_mAP@all'] == pytest.approx(results['test_mAP@all'])
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert set(saved) == {'train', 'eval_latest'}
@@ -62,7 +62,7 @@ def test_tiny_caae_kmeans_and_regression_train(sketchy_data, tmp_path):
   for variants in ('tiny,caae,kmeans', 'tiny,regression'):
     config = _config(sketchy_data, variants)
     config.num_train_steps = 2
-    results = train.train_and_evaluate(config, str(tmp_path / variants))
+    results = trainer.train_and_evaluate(config, str(tmp_path / variants))
     assert np.isfinite(results['test_mAP@all']), variants
 
 
@@ -71,21 +71,19 @@ def test_caae_kill_and_resume_matches_uninterrupted_run(sketchy_data, tmp_path):
   config = _config(sketchy_data, 'tiny,caae')
   config.eval.baselines = ()
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(config, straight)
-  train.train_and_evaluate(config, resumed, stop_after_steps=2)
-  train.train_and_evaluate(config, resumed)
-  params = []
-  for workdir in (straight, resumed):
-    manager = checkpointing.make_manager(workdir, read_only=True)
-    params.append(manager.restore(manager.latest_step())['params'])
-  assert set(params[0]) == {'model', 'disc'}
-  assert 'batch_stats' in params[0]['model']
-  jax.tree.map(np.testing.assert_array_equal, params[0], params[1])
+  trainer.train_and_evaluate(config, straight)
+  trainer.train_and_evaluate(config, resumed, stop_after_steps=2)
+  trainer.train_and_evaluate(config, resumed)
+  states = [checkpointing.load_on_one_device(workdir) for workdir in (straight, resumed)]
+  assert set(states[0]['params']) == {'model', 'discriminator'}
+  assert 'batch_stats' in states[0]['model_state']
+  for key in ('params', 'model_state', 'opt_state'):
+    jax.tree.map(np.testing.assert_array_equal, states[0][key], states[1][key])
 
 
 def test_sketchy_queries_and_gallery_are_the_unseen_classes(sketchy_data):
   config = _config(sketchy_data)
-  task = zs_sbir.ZsSbirTask(config, sharding.make_mesh())
+  task = zs_task.ZsSbirTask(config, sharding.make_mesh())
   splits = task.splits
   assert set(splits['train'].sketch_labels) == {'airplane', 'ant'}
   assert np.sum(splits['train'].sketch_labels == 'airplane') == 40  # Capped.
@@ -103,14 +101,14 @@ def test_split_class_missing_from_data_is_named(sketchy_data, tmp_path):
   config.data.split_file = zs_helpers.write_split_file(
       str(tmp_path / 'split.txt'), ('bat', 'cow'))
   with pytest.raises(sketchy.SketchyError, match=r"missing from .*\['cow'\]"):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_extended_gallery_required_by_default(sketchy_data, tmp_path):
   config = _config(sketchy_data)
   config.data.gallery = 'extended'
   with pytest.raises(sketchy.SketchyError, match='no extended/ folder'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_feature_dim_not_matching_precomputed_is_refused(sketchy_data, tmp_path):
@@ -120,7 +118,7 @@ def test_feature_dim_not_matching_precomputed_is_refused(sketchy_data, tmp_path)
   np.savez(tmp_path / 'sketchy_sketch.npz', ids=np.array(['x']),
            features=np.zeros((1, 4096), np.float32))
   with pytest.raises(ValueError, match='4096-d features but config.features.dim=1280'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_doodle_config_classes_are_shared_and_disjoint():
@@ -155,6 +153,6 @@ def test_caps_apply_within_the_selection():
   labels = np.array(['a', 'a', 'a', 'a', 'b'])
   ids = np.array(['test/1', 'test/2', 'train/3', 'train/4', 'train/5'])
   train_only = np.char.startswith(ids, 'train/')
-  np.testing.assert_array_equal(zs_sbir._capped(train_only, labels, ids, 1),
+  np.testing.assert_array_equal(zs_task._capped(train_only, labels, ids, 1),
                                 [False, False, True, False, True])
-  np.testing.assert_array_equal(zs_sbir._capped(train_only, labels, ids, 0), train_only)
+  np.testing.assert_array_equal(zs_task._capped(train_only, labels, ids, 0), train_only)

@@ -17,19 +17,19 @@ Images are drawn in 2D from the objects (`css_style_generator.render`), or,
 if the manual dir has `images/css_<split>_<id:06d>.png` (TIRG's 3D renders),
 read from there and resized to 64x64.
 """
+import functools
 import hashlib
 import json
 import os
 from typing import Any, Iterator
 
-import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
 from sbir_jax import safe_pickle
+from sbir_jax.datasets import preparation
 from sbir_jax.datasets import css_style_generator as gen
 
 SPLITS = ('train', 'test')
@@ -212,16 +212,10 @@ def load(manual_dir: str, tfds_data_dir: str) -> dict[str, dict[str, Any]]:
         'CSS .npy), or to "" to generate CSS-style data automatically.')
   data_dir = os.path.join(tfds_data_dir, f'css_style_{file_digest(find_npy(manual_dir))}')
   out = {}
-  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  builders = {}
-  for name in ('images', 'mods'):  # One process prepares, the others wait.
-    if jax.process_index() == 0:
-      CssStyle(config=name, data_dir=data_dir).download_and_prepare(
-          download_config=config)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('css_style prepared')
-  for name in ('images', 'mods'):
-    builders[name] = CssStyle(config=name, data_dir=data_dir)
+  builders = {name: preparation.prepare(
+      functools.partial(CssStyle, config=name, data_dir=data_dir), manual_dir,
+      'Set --config.data.manual_dir to a folder holding css_style.npy.')
+      for name in ('images', 'mods')}
   for split in SPLITS:
     images = tfds.as_numpy(builders['images'].as_dataset(split=split, batch_size=-1))
     order = np.argsort(images['image_id'])

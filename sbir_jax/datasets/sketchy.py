@@ -27,13 +27,17 @@ preparing: the unseen classes are the lines of a split file (by default
 `$SBIR_JAX_DATA/zeroshot_splits/zeroshot_classes_sketchy.txt`, 21 classes) and
 every other class present is seen (104 with the full data).
 """
+import functools
 import os
 from typing import Iterator
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
+
+from sbir_jax.datasets import preparation
 
 PHOTO_DIRS = ('photo', 'image')
 EXTENDED_DIRS = ('extended', 'EXTEND_image_sketchy')
@@ -177,9 +181,9 @@ def build(manual_dir: str, tfds_data_dir: str | None = None) -> Sketchy:
         f'The Sketchy data in {builder.data_dir} was prepared from '
         f'{marker.read_text()}, not {source}. Use another '
         '--config.data.tfds_data_dir, or delete that folder to prepare again.')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  if not marker.exists():
+  builder = preparation.prepare(functools.partial(Sketchy, data_dir=tfds_data_dir),
+                                manual_dir, 'Point --config.data.manual_dir at it.')
+  if jax.process_index() == 0 and not marker.exists():
     marker.write_text(source)
   return builder
 

@@ -49,3 +49,15 @@ def accuracy_at_k(energy_QxG: np.ndarray, ks: Sequence[int],
   ranks = true_match_ranks(energy_QxG, targets)
   return ranking.summarise({f'acc@{k}': ranks < k for k in ks}, scale=100.0,
                            intervals=intervals)
+
+
+class Evaluator:
+  """acc@K (config.eval.ks) of a split; `predict_fn(variables, split)` gives
+  {'distances': (Q, G) lower = closer, 'targets': (Q,) true gallery item}."""
+
+  def __init__(self, predict_fn, split: str, config):
+    self.predict_fn, self.split, self.ks = predict_fn, split, tuple(config.eval.ks)
+
+  def run(self, variables: dict) -> dict[str, float]:
+    out = self.predict_fn(variables, self.split)
+    return accuracy_at_k(out['distances'], self.ks, targets=out['targets'])

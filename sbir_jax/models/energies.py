@@ -14,6 +14,10 @@ no (B, d, d) tensor is formed:
 - holef:        sum_ij W_ij (s_i - p_j)^2, W initialised to I. Expanding the
                 square gives r.s^2 + c.p^2 - 2 s^T W p with r, c the row and
                 column sums of W: one matrix product for all pairs.
+
+The pieces of these expansions are plain functions (`squared_norms`,
+`mahalanobis_map`, `holef_sketch_term`, `holef_photo_term`), shared with the
+search-time scores of `tasks/fg_sbir/scoring.py`.
 """
 import flax.linen as nn
 import jax
@@ -33,8 +37,24 @@ def _inverse_softplus_of_one(_, shape) -> jax.Array:
   return jnp.full(shape, jnp.log(jnp.expm1(1.0)))
 
 
-def _squared_norms(x_BxD: jax.Array) -> jax.Array:
+def squared_norms(x_BxD: jax.Array) -> jax.Array:
+  """||x||^2 of every row, (B,)."""
   return jnp.sum(x_BxD * x_BxD, axis=-1)
+
+
+def mahalanobis_map(M_DxD: jax.Array, x_BxD: jax.Array) -> jax.Array:
+  """Every row x -> M x: the mahalanobis energy is squared Euclidean after it."""
+  return x_BxD @ M_DxD.T
+
+
+def holef_sketch_term(W_DxD: jax.Array, s_BxD: jax.Array) -> jax.Array:
+  """r.s^2 of the HOLEF expansion (r the row sums of W), (B,)."""
+  return (s_BxD ** 2) @ W_DxD.sum(axis=1)
+
+
+def holef_photo_term(W_DxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
+  """c.p^2 of the HOLEF expansion (c the column sums of W), (N,)."""
+  return (p_NxD ** 2) @ W_DxD.sum(axis=0)
 
 
 class Energy(nn.Module):
@@ -58,7 +78,7 @@ class Energy(nn.Module):
     if self.kind == 'euclidean':
       return s, p
     if self.kind == 'mahalanobis':
-      return s @ self.W.T, p @ self.W.T
+      return mahalanobis_map(self.W, s), mahalanobis_map(self.W, p)
     return None
 
   def pairwise(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
@@ -70,11 +90,11 @@ class Energy(nn.Module):
     mapped = self._weighted_inputs(s_BxD, p_NxD)
     if mapped is not None:
       s, p = mapped
-      return (_squared_norms(s)[:, None] + _squared_norms(p)[None, :]
+      return (squared_norms(s)[:, None] + squared_norms(p)[None, :]
               - 2.0 * s @ p.T)
-    row_sums, col_sums = self.W.sum(axis=1), self.W.sum(axis=0)
-    return ((s_BxD ** 2) @ row_sums)[:, None] + ((p_NxD ** 2) @ col_sums)[None, :] \
-        - 2.0 * s_BxD @ self.W @ p_NxD.T
+    return (holef_sketch_term(self.W, s_BxD)[:, None]
+            + holef_photo_term(self.W, p_NxD)[None, :]
+            - 2.0 * s_BxD @ self.W @ p_NxD.T)
 
   def paired(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
     """Energy of row-aligned pairs, (B,)."""
@@ -84,9 +104,8 @@ class Energy(nn.Module):
     mapped = self._weighted_inputs(s_BxD, p_BxD)
     if mapped is not None:
       s, p = mapped
-      return _squared_norms(s - p)
-    row_sums, col_sums = self.W.sum(axis=1), self.W.sum(axis=0)
-    return ((s_BxD ** 2) @ row_sums + (p_BxD ** 2) @ col_sums
+      return squared_norms(s - p)
+    return (holef_sketch_term(self.W, s_BxD) + holef_photo_term(self.W, p_BxD)
             - 2.0 * jnp.sum((s_BxD @ self.W) * p_BxD, axis=-1))
 
   def regulariser(self) -> jax.Array:

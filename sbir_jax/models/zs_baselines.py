@@ -3,7 +3,7 @@
 - `Regression`: sketch feature -> photo feature MLP trained with MSE (the
   paper's direct-regression baseline); trained by the same trainer.
 - Untrained features: rank photos by the cosine between raw sketch and photo
-  features (the paper's "baseline VGG"); no parameters (tasks/zs_sbir.py).
+  features (the paper's "baseline VGG"); no parameters (tasks/zs_sbir/baselines.py).
 - ESZSL (Romera-Paredes & Torr, ICML 2015) and SAE (Kodirov et al., CVPR
   2017), closed form in numpy, using class word vectors. The paper does not
   say how it turned these zero-shot classifiers into retrieval; here each

@@ -16,7 +16,7 @@ Choices where the paper is silent (config fields):
 - `adversarial_loss='minimax'` is the paper's log(1 - D(E(x))) term;
   'non_saturating' uses -log D(E(x)) instead (Goodfellow et al.'s remedy for
   weak early gradients).
-The discriminator has its own parameters and optimiser (tasks/zs_sbir.py).
+The discriminator has its own parameters and optimizer group (tasks/zs_sbir/task.py).
 """
 from typing import Sequence
 
@@ -89,7 +89,7 @@ def caae_loss(out: dict, img_BxD, sketch_BxD, fake_logits_B,
   """The autoencoder's loss, mean over the batch, and its parts: recon + 10 *
   sketch recon + the adversarial term on D's logits for E(x) (`fake_logits_B`).
 
-  The loss the trainer minimises (tasks/zs_sbir.py `train_step`).
+  The generator loss of the task's `loss_fn` (tasks/zs_sbir/task.py).
   """
   total, parts = zs_cvae.reconstruction_loss(out, img_BxD, sketch_BxD,
                                              sketch_recon_weight)

@@ -125,7 +125,7 @@ def cvae_loss(out: dict, img_BxD, sketch_BxD, sketch_recon_weight: float = 10.0,
               kl_weight: float = 1.0):
   """Mean over the batch of recon + 10 * sketch recon + KL, and its parts.
 
-  The loss the trainer minimises (tasks/zs_sbir.py `train_step`).
+  The loss of the task's `loss_fn` (tasks/zs_sbir/task.py).
   """
   total, parts = reconstruction_loss(out, img_BxD, sketch_BxD, sketch_recon_weight)
   kl = kl_to_standard_normal(out['mu'], out['logvar'])

@@ -3,19 +3,17 @@
 Randomness is stateless and keyed by (seed, global example index): the triplet
 that fills slot j of step s is the same whatever the number of hosts, and a
 run resumed at step s sees exactly the batches an uninterrupted run would.
-Images stay uint8 up to the device; `normalize` runs inside the jitted step.
+Images stay uint8 up to the device (`datasets/image_pipeline.py`).
 """
 import dataclasses
-from typing import Iterator
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from sbir_jax.datasets import fg_sources
+from sbir_jax.datasets import image_pipeline
+from sbir_jax.datasets import validation
 
 TRIPLET_SAMPLINGS = ('annotated', 'true_match')
 
@@ -40,12 +38,6 @@ class PairSplit:
     return len(self.photos)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """(N, S, S, C) uint8 -> (N, size, size, C): the dataset's (antialiased) resize."""
-  if images.shape[1] == size:
-    return images
-  resized = tf.image.resize(images, (size, size), antialias=True)
-  return np.asarray(tf.clip_by_value(tf.round(resized), 0, 255), np.uint8)
 
 
 def _select(raw: fg_sources.RawSplit, keep_photos: np.ndarray,
@@ -63,8 +55,8 @@ def _select(raw: fg_sources.RawSplit, keep_photos: np.ndarray,
   padded = np.zeros((len(keep), width, 2), np.int32)
   for row, pairs in enumerate(kept_pairs):
     padded[row, :len(pairs)] = pairs
-  return PairSplit(resize_images(raw.sketches[keep], load_size),
-                   resize_images(raw.photos[keep_photos], load_size),
+  return PairSplit(image_pipeline.resize_images(raw.sketches[keep], load_size),
+                   image_pipeline.resize_images(raw.photos[keep_photos], load_size),
                    padded, np.array([len(p) for p in kept_pairs], np.int32),
                    new_index[raw.photo_index[keep]].astype(np.int32))
 
@@ -84,13 +76,11 @@ def load_splits(data: ml_collections.ConfigDict) -> dict[str, PairSplit]:
   builder = build_builder(data)
   train = fg_sources.read_split(builder, data, 'train')
   test = fg_sources.read_split(builder, data, 'test')
-  n = len(train.photos)
-  num_val = int(round(n * data.val_fraction))
-  order = np.random.default_rng(data.val_split_seed).permutation(n)
-  val_ids, train_ids = np.sort(order[:num_val]), np.sort(order[num_val:])
+  train_ids, val_ids = validation.hold_out(len(train.photos), data.val_fraction,
+                                           data.val_split_seed)
   splits = {'train': _select(train, train_ids, data.load_size),
             'test': _select(test, np.arange(len(test.photos)), data.load_size)}
-  if num_val:
+  if len(val_ids):
     splits['val'] = _select(train, val_ids, data.load_size)
   return splits
 
@@ -104,14 +94,6 @@ def _candidate_mask(split: PairSplit) -> np.ndarray:
   return mask
 
 
-def augment(image, seed, crop_size: int, flip: bool):
-  """Random crop and horizontal flip, drawn independently per image."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  image = tf.image.stateless_random_crop(
-      image, (crop_size, crop_size, image.shape[-1]), crop_seed)
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return image
 
 
 def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
@@ -166,9 +148,9 @@ def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
       positive = tf.where(has_pairs, pair[0], match)
       negative = tf.where(has_pairs, tf.where(use_easy, easy, pair[1]), negative)
     return {
-        'sketch': augment(sketches[anchor], s[5], data.crop_size, data.flip),
-        'positive': augment(photos[positive], s[6], data.crop_size, data.flip),
-        'negative': augment(photos[negative], s[7], data.crop_size, data.flip),
+        'sketch': image_pipeline.augment(sketches[anchor], s[5], data.crop_size, data.flip),
+        'positive': image_pipeline.augment(photos[positive], s[6], data.crop_size, data.flip),
+        'negative': image_pipeline.augment(photos[negative], s[7], data.crop_size, data.flip),
         # Photo ids let a loss use the batch's other photos as negatives;
         # match_id (the sketch's true photo) must never count as one.
         'sketch_id': tf.cast(anchor, tf.int32),
@@ -177,48 +159,13 @@ def triplet_dataset(split: PairSplit, data: ml_collections.ConfigDict, *,
         'negative_id': tf.cast(negative, tf.int32),
     }
 
-  ds = example_indices(global_batch_size, start_step, process_index, process_count)
+  ds = image_pipeline.example_indices(global_batch_size, start_step, process_index, process_count)
   ds = ds.map(make_triplet, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch, drop_remainder=True).prefetch(2)
 
 
-def example_indices(global_batch_size: int, start_step: int = 0,
-                    process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """Endless global example indices of this host's slots, from `start_step` on.
-
-  Slot j of step s is example s * global_batch_size + j; host p owns the
-  p-th contiguous block of each step, so the examples a step sees do not
-  depend on the number of hosts.
-  """
-  if global_batch_size % process_count:
-    raise ValueError(f'Batch size {global_batch_size} is not divisible by the '
-                     f'{process_count} processes.')
-  local_batch = global_batch_size // process_count
-  first = process_index * local_batch
-  return tf.data.Dataset.range(start_step, 2**62).flat_map(
-      lambda step: tf.data.Dataset.range(step * global_batch_size + first,
-                                         step * global_batch_size + first + local_batch))
 
 
-def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  return iter(tfds.as_numpy(ds))
 
 
-def ten_views(images: np.ndarray, crop_size: int, num_views: int = 10) -> np.ndarray:
-  """(N, S, S, C) -> (N, V, c, c, C): 4 corners + centre, then their flips."""
-  size = images.shape[1]
-  far = size - crop_size
-  centre = far // 2
-  offsets = [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
-  crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in offsets]
-  crops += [c[:, :, ::-1] for c in crops]
-  if num_views not in (1, 10):
-    raise ValueError(f'config.eval.num_views={num_views}; use 10 (the paper) '
-                     'or 1 (centre crop only).')
-  views = crops if num_views == 10 else [crops[4]]
-  return np.stack(views, axis=1)
 
-
-def normalize(images_uint8: jax.Array, mean: float, scale: float) -> jax.Array:
-  """Mean subtraction (the paper's 250.42) and an optional scale, on device."""
-  return (images_uint8.astype(jnp.float32) - mean) * scale

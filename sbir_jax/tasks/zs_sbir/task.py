@@ -1,7 +1,7 @@
 """Zero-shot SBIR (Yelamarthi et al., ECCV 2018): CVAE, CAAE, regression on fixed features.
 
 Data: image sets (Sketchy via its TFDS builder, or QuickDraw + TU-Berlin)
--> fixed features, extracted once and cached (`sbir_jax/features.py`) ->
+-> fixed features, extracted once and cached (`features.py`) ->
 in-memory feature arrays. Training pairs a seen-class sketch with its photo
 (Sketchy: the photo it was drawn from) or with a random item of its class
 (the doodle check, where no instance pairs exist), drawn with numpy keyed by
@@ -16,42 +16,35 @@ mAP@all (`evaluators/precision_map.py`), on the unseen classes' gallery.
 Every evaluation also reports the parameter-free baselines: untrained
 features (raw cosine), ESZSL and SAE (closed form on class word vectors).
 
-This task brings its own state and train step (the trainer's hooks
-`create_state` / `train_step`): the CVAE has BatchNorm statistics and the
-CAAE a discriminator with its own optimiser. `state.params` holds every
-variable collection: {'model': {'params', ['batch_stats']}, 'disc': {...}}.
+Train state: params {'model': ..., 'discriminator': ... (CAAE)}, the
+CVAE's BatchNorm statistics in model_state. CAAE's two players share one
+loss: the discriminator's term sees the latent codes through stop_gradient
+and the generator's sees the discriminator's parameters through
+stop_gradient, so one gradient moves each player by its own loss, and the
+optimizer's `discriminator` group gives it its own rate.
 """
 import dataclasses
 import functools
-import os
 from typing import Any, Iterator
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from sbir_jax import features
+from sbir_jax import ops
 from sbir_jax import image_sets
-from sbir_jax import sharding
+from sbir_jax.core import sharding
+from sbir_jax.tasks.zs_sbir import baselines
+from sbir_jax.tasks.zs_sbir import features
 from sbir_jax.datasets import quickdraw
 from sbir_jax.datasets import sketchy
 from sbir_jax.datasets import tu_berlin
-from sbir_jax.evaluators import precision_map
 from sbir_jax.models import zs_baselines
 from sbir_jax.models import zs_caae
 from sbir_jax.models import zs_cvae
 
 RETRIEVALS = ('average', 'kmeans')
-
-
-@flax.struct.dataclass
-class ZsTrainState:
-  step: jax.Array
-  params: Any  # {'model': variables, 'disc': variables ({} without a discriminator)}.
-  opt_state: Any  # {'model': ..., 'disc': ...}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,10 +162,6 @@ def load_doodle(data: ml_collections.ConfigDict, store_for) -> dict:
 
 
 # --- Retrieval maths (traced inside jit) ------------------------------------------
-def _l2n(x, axis=-1):
-  return x / (jnp.linalg.norm(x, axis=axis, keepdims=True) + 1e-12)
-
-
 def kmeans(x_SxD: jax.Array, k: int, iterations: int) -> jax.Array:
   """(k, D) Lloyd's k-means centres, started from the first k points.
 
@@ -188,47 +177,10 @@ def kmeans(x_SxD: jax.Array, k: int, iterations: int) -> jax.Array:
   return jax.lax.fori_loop(0, iterations, step, x_SxD[:k])
 
 
-def fit_semantic_baseline(kind: str, train: TrainData, semantic: dict,
-                          ecfg: ml_collections.ConfigDict):
-  """(sketch map, photo map) into word-vector space, fitted on seen classes."""
-  classes = sorted(set(train.sketch_labels.tolist()) | set(train.photo_labels.tolist()))
-  s_CxA = np.stack([semantic[c] for c in classes])
-  index = {c: i for i, c in enumerate(classes)}
-
-  def fit(x, labels):
-    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-    y = np.array([index[c] for c in labels.tolist()])
-    if kind == 'eszsl':
-      return zs_baselines.eszsl_projection(x, y, s_CxA, ecfg.eszsl_gamma, ecfg.eszsl_lambda)
-    return zs_baselines.sae_projection(x, y, s_CxA, ecfg.sae_lambda)
-  return fit(train.sketches, train.sketch_labels), fit(train.photos, train.photo_labels)
-
-
-def load_semantics(data: ml_collections.ConfigDict, classes) -> dict:
-  for path in (data.semantic_file, data.vocab_file):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-          f'{path} not found (class word vectors for the ESZSL / SAE baselines, '
-          'from zeroshot_splits/ of the shared data). Set config.data.'
-          'semantic_file / vocab_file, or drop the baselines: '
-          "--config.eval.baselines=\"('untrained',)\".")
-  vectors = np.load(data.semantic_file, allow_pickle=False)
-  with open(data.vocab_file) as f:
-    vocab = [line.strip() for line in f if line.strip()]
-  if len(vocab) != len(vectors):
-    raise ValueError(f'{data.vocab_file} has {len(vocab)} classes but '
-                     f'{data.semantic_file} {len(vectors)} vectors.')
-  table = dict(zip(vocab, vectors.astype(np.float64)))
-  missing = sorted(set(classes) - set(table))
-  if missing:
-    raise ValueError(f'No word vector for class(es) {missing} in {data.vocab_file}; '
-                     "drop the eszsl / sae baselines (--config.eval.baselines).")
-  return table
-
-
 # --- The task ----------------------------------------------------------------------
 class ZsSbirTask:
-  """Everything the trainer needs that is specific to zero-shot SBIR."""
+  """The zero-shot SBIR task (contract: sbir_jax/core/task.py)."""
+  modes = {}
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
@@ -237,7 +189,6 @@ class ZsSbirTask:
     if config.eval.retrieval not in RETRIEVALS:
       raise ValueError(f'config.eval.retrieval={config.eval.retrieval!r}; choose '
                        f'one of {RETRIEVALS}.')
-    self.selection_metric = f'val_{config.eval.selection}'
     d = config.features.dim
     common = dict(feature_dim=d, encoder_dims=tuple(m.encoder_dims),
                   latent_dim=m.latent_dim, decoder_dims=tuple(m.decoder_dims),
@@ -254,11 +205,7 @@ class ZsSbirTask:
     else:
       raise ValueError(f'config.model.name={m.name!r}; the zs_sbir task knows '
                        'cvae, caae, regression.')
-    opt = config.optimizer
-    self.tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2)
-    self.disc_tx = optax.adam(opt.disc_learning_rate, b1=opt.b1, b2=opt.b2)
     self.feature_stores: list[features.FeatureStore] = []
-    self._baseline_cache: dict[str, dict] = {}
 
   # --- data ----------------------------------------------------------------------
   def _store_for(self, *sources: str) -> features.FeatureStore:
@@ -276,6 +223,20 @@ class ZsSbirTask:
     if data.source == 'doodle':
       return load_doodle(data, self._store_for)
     raise ValueError(f'config.data.source={data.source!r}; use sketchy or doodle.')
+
+  def load_data(self) -> dict[str, str]:
+    out = {}
+    for name, split in self.splits.items():
+      if isinstance(split, TrainData):
+        out[f'{name} sketches/photos'] = f'{len(split)}/{len(split.photos)}'
+      else:
+        out[f'{name} queries/gallery'] = f'{len(split)}/{len(split.gallery)}'
+    return out
+
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    rows = self.config.batch_size // jax.process_count()
+    feature = jax.ShapeDtypeStruct((rows, self.config.features.dim), np.float32)
+    return {'sketch': feature, 'photo': feature}
 
   def train_batches(self, start_step: int) -> Iterator[dict]:
     train = self.splits['train']
@@ -301,85 +262,54 @@ class ZsSbirTask:
       yield {'sketch': train.sketches[idx][rows], 'photo': train.photos[photo][rows]}
       step += 1
 
-  # --- state and train step --------------------------------------------------------
+  # --- variables and loss -------------------------------------------------------
   def _model_inputs(self, n: int = 1):
     zeros = jnp.zeros((n, self.config.features.dim))
     if self.config.model.name == 'regression':
       return (zeros,)
     return (zeros, zeros, False)
 
-  def create_state(self, rng: jax.Array) -> ZsTrainState:
+  def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     r_model, r_noise, r_disc = jax.random.split(rng, 3)
     variables = dict(self.model.init({'params': r_model, 'noise': r_noise},
                                      *self._model_inputs()))
-    params = {'model': variables, 'disc': {}}
-    opt_state = {'model': self.tx.init(variables['params']), 'disc': {}}
+    params = {'model': variables.pop('params')}
     if self.config.model.name == 'caae':
-      disc = dict(self.disc.init(r_disc, jnp.zeros((1, self.config.model.latent_dim))))
-      params['disc'] = disc
-      opt_state['disc'] = self.disc_tx.init(disc['params'])
-    return ZsTrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=opt_state)
+      params['discriminator'] = self.disc.init(
+          r_disc, jnp.zeros((1, self.config.model.latent_dim)))['params']
+    return params, variables
 
-  def init_params(self, rng: jax.Array) -> Any:
-    return self.create_state(rng).params
-
-  def train_step(self, state: ZsTrainState, batch: dict, rng: jax.Array):
-    """One update of the model (and, for CAAE, then of the discriminator)."""
+  def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
+    """The model's loss (CAAE: plus its discriminator's; module docstring)."""
     name, lcfg = self.config.model.name, self.config.loss
     r_noise, r_dropout, r_prior = jax.random.split(rng, 3)
     img, sketch = batch['photo'], batch['sketch']
-    model_vars = state.params['model']
-    extra = {k: v for k, v in model_vars.items() if k != 'params'}
-
-    def loss_fn(p):
-      if name == 'regression':
-        pred = self.model.apply({'params': p}, sketch)
-        loss = jnp.mean(zs_cvae.mse(pred, img))
-        return loss, ({'recon': loss}, extra, None)
-      out, updates = self.model.apply(
-          {'params': p, **extra}, img, sketch, True, mutable=['batch_stats'],
-          rngs={'noise': r_noise, 'dropout': r_dropout})
-      if name == 'cvae':
-        loss, parts = zs_cvae.cvae_loss(out, img, sketch, lcfg.sketch_recon_weight,
-                                        lcfg.kl_weight)
-      else:  # CAAE: the adversarial term replaces the KL.
-        fake = self.disc.apply(state.params['disc'], out['z'])
-        loss, parts = zs_caae.caae_loss(out, img, sketch, fake,
-                                        lcfg.sketch_recon_weight,
-                                        lcfg.adversarial_weight,
-                                        self.config.model.adversarial_loss)
-      return loss, (parts, dict(updates), out['z'])
-
-    (loss, (metrics, new_extra, z)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(model_vars['params'])
-    updates, model_opt = self.tx.update(grads, state.opt_state['model'],
-                                        model_vars['params'])
-    new_params = {'model': {'params': optax.apply_updates(model_vars['params'], updates),
-                            **new_extra},
-                  'disc': state.params['disc']}
-    new_opt = {'model': model_opt, 'disc': state.opt_state['disc']}
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-    if name == 'caae':
-      z_fake = jax.lax.stop_gradient(z)
-      z_real = jax.random.normal(r_prior, z_fake.shape)
-      disc_vars = state.params['disc']
-
-      def disc_loss_fn(p):
-        real = self.disc.apply({'params': p}, z_real)
-        fake = self.disc.apply({'params': p}, z_fake)
-        return zs_caae.discriminator_loss(real, fake)
-
-      (d_loss, d_acc), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
-          disc_vars['params'])
-      d_updates, disc_opt = self.disc_tx.update(d_grads, state.opt_state['disc'],
-                                                disc_vars['params'])
-      new_params['disc'] = {'params': optax.apply_updates(disc_vars['params'], d_updates)}
-      new_opt['disc'] = disc_opt
-      metrics.update(disc_loss=d_loss, disc_accuracy=d_acc)
-    return (ZsTrainState(step=state.step + 1, params=new_params, opt_state=new_opt),
-            metrics)
+    if name == 'regression':
+      pred = self.model.apply({'params': params['model']}, sketch)
+      loss = jnp.mean(zs_cvae.mse(pred, img))
+      return loss, ({'recon': loss}, model_state)
+    out, updates = self.model.apply(
+        {'params': params['model'], **model_state}, img, sketch, True,
+        mutable=['batch_stats'], rngs={'noise': r_noise, 'dropout': r_dropout})
+    if name == 'cvae':
+      loss, parts = zs_cvae.cvae_loss(out, img, sketch, lcfg.sketch_recon_weight,
+                                      lcfg.kl_weight)
+      return loss, (parts, dict(updates))
+    # CAAE: the adversarial term replaces the KL; the discriminator is fixed here.
+    disc_params = jax.lax.stop_gradient(params['discriminator'])
+    fake = self.disc.apply({'params': disc_params}, out['z'])
+    generator_loss, parts = zs_caae.caae_loss(
+        out, img, sketch, fake, lcfg.sketch_recon_weight, lcfg.adversarial_weight,
+        self.config.model.adversarial_loss)
+    # ... and its own loss sees fixed codes (a prior sample against the encoder's).
+    z_fake = jax.lax.stop_gradient(out['z'])
+    z_real = jax.random.normal(r_prior, z_fake.shape)
+    d_loss, d_acc = zs_caae.discriminator_loss(
+        self.disc.apply({'params': params['discriminator']}, z_real),
+        self.disc.apply({'params': params['discriminator']}, z_fake))
+    parts = dict(parts, generator_loss=generator_loss, disc_loss=d_loss,
+                 disc_accuracy=d_acc)
+    return generator_loss + d_loss, (parts, dict(updates))
 
   # --- evaluation ------------------------------------------------------------------
   @functools.cached_property
@@ -387,80 +317,66 @@ class ZsSbirTask:
     """(params, queries (B, D) sharded, gallery (G, D) unit rows, rng) -> (B, G) cosine."""
     ecfg, name = self.config.eval, self.config.model.name
 
-    def score(params, queries_BxD, gallery_GxD, rng):
-      model_vars = params['model']
+    def score(variables, queries_BxD, gallery_GxD, rng):
+      model_vars = _model_variables(variables)
       if name == 'regression':
         pred_BxD = self.model.apply(model_vars, queries_BxD)
-        return _l2n(pred_BxD) @ gallery_GxD.T
+        return ops.l2_normalize(pred_BxD) @ gallery_GxD.T
       b, s = queries_BxD.shape[0], ecfg.num_samples
       z_BxSxZ = jax.random.normal(rng, (b, s, self.config.model.latent_dim))
       sketch_BxSxD = jnp.broadcast_to(queries_BxD[:, None], (b, s, queries_BxD.shape[1]))
       decoded_BxSxD = self.model.apply(model_vars, z_BxSxZ, sketch_BxSxD,
                                        method=self.model.decode)
       if ecfg.retrieval == 'average':
-        return _l2n(decoded_BxSxD.mean(axis=1)) @ gallery_GxD.T
+        return ops.l2_normalize(decoded_BxSxD.mean(axis=1)) @ gallery_GxD.T
       centres_BxKxD = jax.vmap(lambda x: kmeans(x, ecfg.num_clusters,
                                                 ecfg.kmeans_iterations))(decoded_BxSxD)
       # Smallest cosine distance to a centre = largest cosine similarity.
-      return jnp.max(_l2n(centres_BxKxD) @ gallery_GxD.T, axis=1)
+      return jnp.max(ops.l2_normalize(centres_BxKxD) @ gallery_GxD.T, axis=1)
 
     rep = sharding.replicated(self.mesh)
     return jax.jit(score, in_shardings=(rep, sharding.batch_sharding(self.mesh), rep, rep),
                    out_shardings=rep)
 
-  def _chunks(self, queries: np.ndarray):
-    """(start, n, host-local padded rows) per eval batch of queries."""
-    batch = self.config.eval.batch_size
-    sharding.check_batch_size(batch, 'config.eval.batch_size')
-    rows = sharding.process_rows(batch)
-    for start in range(0, len(queries), batch):
-      chunk = queries[start:start + batch]
-      n = len(chunk)
-      padded = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
-      yield start, n, padded[rows]
-
-  def evaluate(self, params, split: str) -> dict[str, float]:
+  def score_batches(self, variables: dict, split: str) -> Iterator[tuple]:
+    """(scores (B, G), query labels (B,)) per eval batch of the split's queries."""
     data: EvalData = self.splits[split]
-    ks = tuple(self.config.eval.ks)
-    gallery = jax.device_put(
-        np.asarray(data.gallery / (np.linalg.norm(data.gallery, axis=1, keepdims=True)
-                                   + 1e-12), np.float32),
-        sharding.replicated(self.mesh))
-    acc = precision_map.MetricAccumulator(data.gallery_labels, ks)
+    batch = self.config.eval.batch_size
+    gallery = jax.device_put(np.asarray(ops.l2_normalize(data.gallery), np.float32),
+                             sharding.replicated(self.mesh))
     base_rng = jax.random.key(self.config.seed + 1)  # Same samples at every eval.
-    for i, (start, n, local) in enumerate(self._chunks(data.queries)):
-      scores = self._score_fn(params, sharding.to_global(local, self.mesh), gallery,
-                              jax.random.fold_in(base_rng, i))
-      acc.add(np.asarray(scores)[:n], data.query_labels[start:start + n])
-    results = acc.result()
-    if split not in self._baseline_cache:
-      self._baseline_cache[split] = self._baselines(data, ks)
-    results.update(self._baseline_cache[split])
-    return results
+    chunks = sharding.row_chunks(data.queries, batch)
+    for i, (n, queries) in enumerate(sharding.padded_global_batches(
+        chunks, batch, self.mesh)):
+      scores = self._score_fn(variables, queries, gallery, jax.random.fold_in(base_rng, i))
+      yield np.asarray(scores)[:n], data.query_labels[i * batch:i * batch + n]
+
+  @property
+  def predict_fns(self) -> dict:
+    """'scores': streamed query x gallery scores (precision_map);
+    'features': the split's fixed features and the fitted ESZSL / SAE maps
+    (the parameter-free baselines, `baselines.py`)."""
+    return {
+        'scores': lambda variables, split: {
+            'gallery_labels': self.splits[split].gallery_labels,
+            'batches': self.score_batches(variables, split)},
+        'features': lambda variables, split: {
+            'data': self.splits[split], 'semantic_maps': self.semantic_maps},
+    }
 
   @functools.cache
-  def _semantic_maps(self, kind: str):
+  def semantic_maps(self, kind: str):
     """ESZSL / SAE maps, fitted once on the training split."""
     train = self.splits['train']
     classes = set(train.sketch_labels.tolist()) | set(train.photo_labels.tolist())
-    semantic = load_semantics(self.config.data, classes)
-    return fit_semantic_baseline(kind, train, semantic, self.config.eval)
+    semantic = baselines.load_semantics(self.config.data, classes)
+    return baselines.fit_semantic_baseline(kind, train, semantic, self.config.eval)
 
-  def _baselines(self, data: EvalData, ks) -> dict[str, float]:
-    """The parameter-free baselines on `data` (computed once per split)."""
-    out = {}
-    unit = lambda x: x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-    for kind in self.config.eval.baselines:
-      if kind == 'untrained':
-        q, g = unit(data.queries), unit(data.gallery)
-      elif kind in ('eszsl', 'sae'):
-        sketch_map, photo_map = self._semantic_maps(kind)
-        q, g = unit(unit(data.queries) @ sketch_map), unit(unit(data.gallery) @ photo_map)
-      else:
-        raise ValueError(f'Unknown baseline {kind!r} in config.eval.baselines; '
-                         'known: untrained, eszsl, sae.')
-      acc = precision_map.MetricAccumulator(data.gallery_labels, ks)
-      for start in range(0, len(q), 1024):
-        acc.add(q[start:start + 1024] @ g.T, data.query_labels[start:start + 1024])
-      out.update({f'{kind}_{k}': v for k, v in acc.result().items()})
-    return out
+  def write_outputs(self, variables: dict, workdir: str) -> None:
+    del variables, workdir  # Nothing beyond the metrics.
+
+
+def _model_variables(variables: dict) -> dict:
+  """The generator's flax variables from the state's (params['model'] + model_state)."""
+  return {'params': variables['params']['model'],
+          **{k: v for k, v in variables.items() if k != 'params'}}

@@ -17,11 +17,11 @@ import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sbir_jax import input_pipeline
-from sbir_jax import sharding
+from sbir_jax.datasets import image_pipeline
+from sbir_jax.core import sharding
 from sbir_jax.datasets import preparation
-from sbir_jax.evaluators import accuracy_at_k
 from sbir_jax.datasets import sketch_classes
+from sbir_jax.datasets import validation
 from sbir_jax.models import sketch_a_net
 
 
@@ -41,7 +41,7 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, size: int):
   """(images resized to `size`, class names) of one split, in id order."""
   images, names = [], []
   for example in tfds.as_numpy(builder.as_dataset(split=split)):
-    images.append(input_pipeline.resize_images(example['image'][None], size)[0])
+    images.append(image_pipeline.resize_images(example['image'][None], size)[0])
     names.append(example['label'].decode())
   return np.stack(images), np.array(names)
 
@@ -72,18 +72,17 @@ def load_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, LabelledImag
                           np.array([index[n] for n in names], np.int32))
 
   train = labelled(read['train'])
-  order = np.random.default_rng(data.val_split_seed).permutation(len(train))
-  num_val = int(round(len(train) * data.val_fraction))
-  splits = {'train': train.select(np.sort(order[num_val:])),
-            'test': labelled(read['test'])}
-  if num_val:
-    splits['val'] = train.select(np.sort(order[:num_val]))
+  train_ids, val_ids = validation.hold_out(len(train), data.val_fraction,
+                                           data.val_split_seed)
+  splits = {'train': train.select(train_ids), 'test': labelled(read['test'])}
+  if len(val_ids):
+    splits['val'] = train.select(val_ids)
   return splits, class_names
 
 
 class SketchClassificationTask:
-  """Everything the trainer needs for sketch recognition."""
-  selection_metric = 'val_acc@1'
+  """The sketch recognition task (contract: sbir_jax/core/task.py)."""
+  modes = {}
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
@@ -101,6 +100,16 @@ class SketchClassificationTask:
   def class_names(self) -> list[str]:
     return self._data[1]
 
+  def load_data(self) -> dict[str, int]:
+    return {**{name: len(s) for name, s in self.splits.items()},
+            'classes': len(self.class_names)}
+
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    rows = self.config.batch_size // jax.process_count()
+    size = self.config.data.crop_size
+    return {'image': jax.ShapeDtypeStruct((rows, size, size, 1), np.uint8),
+            'label': jax.ShapeDtypeStruct((rows,), np.int32)}
+
   @functools.cached_property
   def model(self) -> sketch_a_net.SketchANetClassifier:
     m = self.config.model
@@ -108,19 +117,20 @@ class SketchClassificationTask:
         num_classes=len(self.class_names), fc6_dim=m.fc6_dim,
         dropout_rate=m.dropout_rate, width_multiplier=m.width_multiplier)
 
-  def init_params(self, rng: jax.Array) -> Any:
+  def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     size = self.config.data.crop_size
-    return self.model.init(rng, jnp.zeros((1, size, size, 1)))['params']
+    return self.model.init(rng, jnp.zeros((1, size, size, 1)))['params'], {}
 
-  def _logits(self, params, images, train: bool = False, rng=None):
-    x = input_pipeline.normalize(images, self.config.pixel_mean, self.config.input_scale)
-    return self.model.apply({'params': params}, x, train,
+  def _logits(self, variables, images, train: bool = False, rng=None):
+    x = image_pipeline.normalize(images, self.config.pixel_mean, self.config.input_scale)
+    return self.model.apply(variables, x, train,
                             rngs={'dropout': rng} if train else None)
 
-  def loss_fn(self, params, batch: dict, rng: jax.Array):
-    logits = self._logits(params, batch['image'], True, rng)
+  def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
+    logits = self._logits({'params': params}, batch['image'], True, rng)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-    return loss, {'train_acc': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+    return loss, ({'train_acc': jnp.mean(jnp.argmax(logits, -1) == batch['label'])},
+                  model_state)
 
   def train_batches(self, start_step: int) -> Iterator[dict]:
     """Uniformly sampled, augmented sketches; keyed by (seed, example index)."""
@@ -131,30 +141,39 @@ class SketchClassificationTask:
       seeds = tf.random.experimental.stateless_split(
           tf.stack([tf.cast(self.config.seed, tf.int64), index]), 2)
       item = tf.random.stateless_uniform([], seeds[0], 0, len(train), tf.int64)
-      return {'image': input_pipeline.augment(images[item], seeds[1],
+      return {'image': image_pipeline.augment(images[item], seeds[1],
                                               data.crop_size, data.flip),
               'label': labels[item]}
 
     batch = self.config.batch_size // jax.process_count()
-    ds = input_pipeline.example_indices(self.config.batch_size, start_step,
+    ds = image_pipeline.example_indices(self.config.batch_size, start_step,
                                         jax.process_index(), jax.process_count())
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return input_pipeline.iterate(ds.batch(batch, drop_remainder=True).prefetch(2))
+    return image_pipeline.iterate(ds.batch(batch, drop_remainder=True).prefetch(2))
 
   @functools.cached_property
   def _probabilities_fn(self):
-    return jax.jit(lambda params, images: jax.nn.softmax(self._logits(params, images)),
+    return jax.jit(lambda variables, images: jax.nn.softmax(self._logits(variables, images)),
                    out_shardings=sharding.replicated(self.mesh))
 
-  def evaluate(self, params, split: str) -> dict[str, float]:
+  def class_probabilities(self, variables: dict, split: str) -> np.ndarray:
+    """(N, classes) probabilities of the split's sketches, mean over the views."""
     data = self.splits[split]
-    views = input_pipeline.ten_views(data.images, self.config.data.crop_size,
+    views = image_pipeline.ten_views(data.images, self.config.data.crop_size,
                                      self.config.eval.num_views)
     n, v = views.shape[:2]
-    probs = sharding.map_batches(self._probabilities_fn, params,
+    probs = sharding.map_batches(functools.partial(self._probabilities_fn, variables),
                                  views.reshape((n * v,) + views.shape[2:]),
                                  self.config.eval.batch_size, self.mesh)
-    probs = probs.reshape(n, v, -1).mean(axis=1)
-    # Classes are the gallery, the true class the target; ties count against.
-    return accuracy_at_k.accuracy_at_k(-probs, self.config.eval.ks,
-                                       targets=data.labels.astype(np.int64))
+    return probs.reshape(n, v, -1).mean(axis=1)
+
+  @property
+  def predict_fns(self) -> dict:
+    """'distances': classes are the gallery (distance = -probability), the
+    true class the target; ties count against the query."""
+    return {'distances': lambda variables, split: {
+        'distances': -self.class_probabilities(variables, split),
+        'targets': self.splits[split].labels.astype(np.int64)}}
+
+  def write_outputs(self, variables: dict, workdir: str) -> None:
+    del variables, workdir  # Nothing beyond the metrics.

@@ -3,7 +3,8 @@
 config.model.name picks the model: 'dssa' (one branch for sketches and photo
 edge maps) or an RGB-photo design of `models/rgb_dssa.py` ('rgb_two_towers',
 'rgb_shared_stem'), which embeds each domain through its own layers and keeps
-its BatchNorm statistics in params['batch_stats'] (never trained by gradient).
+its BatchNorm statistics in the state's model_state (never trained by
+gradient; updated by the loss with config.model.frozen_batch_norm=False).
 
 The evaluator ranks with the energy the model was trained with (Euclidean,
 weighted, Mahalanobis or HOLEF), averaged over the views: the distance of a
@@ -17,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import traverse_util
 
-from sbir_jax import input_pipeline
 from sbir_jax import losses
-from sbir_jax import sharding
-from sbir_jax.evaluators import accuracy_at_k
+from sbir_jax.core import sharding
+from sbir_jax.core import state as state_lib
+from sbir_jax.datasets import image_pipeline
+from sbir_jax.tasks.fg_sbir import input_pipeline
+from sbir_jax.tasks.fg_sbir import retrieval
 from sbir_jax.models import convert_efficientnet
 from sbir_jax.models import dssa
 from sbir_jax.models import efficientnet_lite
@@ -64,9 +66,9 @@ def _check_rgb_config(config: ml_collections.ConfigDict) -> None:
   if photo_input != 'rgb':
     raise ValueError(f'config.model.name={config.model.name!r} embeds RGB photos but '
                      f'config.data.photo_input={photo_input!r}; set it to "rgb".')
-  # BatchNorm statistics and frozen layers get no gradient, but weight decay
-  # would still shrink them unless the optimizer leaves them out.
-  needed = ['batch_stats'] + rgb_dssa.frozen_prefixes(config.model.frozen_backbone_layers)
+  # Frozen layers get no gradient, but weight decay would still shrink them
+  # unless the optimizer leaves them out.
+  needed = rgb_dssa.frozen_prefixes(config.model.frozen_backbone_layers)
   frozen = tuple(config.get('frozen', ()))
   covered = lambda name: any(name == f or name.startswith(f + '/') for f in frozen)
   missing = [name for name in needed if not covered(name)]
@@ -77,8 +79,8 @@ def _check_rgb_config(config: ml_collections.ConfigDict) -> None:
 
 
 class FgSbirTask:
-  """Everything the trainer needs that is specific to FG-SBIR."""
-  selection_metric = 'val_acc@1'  # Checkpoint selection (ties: the latest).
+  """The FG-SBIR task (contract: sbir_jax/core/task.py)."""
+  modes = {'retrieve': retrieval.retrieve_mode}
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
@@ -87,8 +89,6 @@ class FgSbirTask:
     self.rgb = config.model.name in RGB_MODELS
     if self.rgb:
       _check_rgb_config(config)
-      if not config.model.frozen_batch_norm:
-        self.train_step = self._train_step_with_batch_stats  # Used by the trainer.
     self._views = {}  # split -> (sketch views, photo views), built once.
 
   @functools.cached_property
@@ -96,34 +96,41 @@ class FgSbirTask:
     """Loaded on first use, so model-only uses (benchmarks) need no data."""
     return input_pipeline.load_splits(self.config.data)
 
+  def load_data(self) -> dict[str, str]:
+    return {f'{name} sketches/photos': f'{len(s)}/{s.num_photos}'
+            for name, s in self.splits.items()}
+
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    rows = self.config.batch_size // jax.process_count()
+    size = self.config.data.crop_size
+    photo_channels = 3 if self.config.data.get('photo_input', 'edge') == 'rgb' else 1
+    image = lambda c: jax.ShapeDtypeStruct((rows, size, size, c), np.uint8)
+    index = jax.ShapeDtypeStruct((rows,), np.int32)
+    # *_id: photo indices within the split (match_id: the sketch's true match).
+    return {'sketch': image(1), 'positive': image(photo_channels),
+            'negative': image(photo_channels), 'sketch_id': index, 'match_id': index,
+            'positive_id': index, 'negative_id': index}
+
   # --- model and loss ------------------------------------------------------
-  def init_params(self, rng: jax.Array) -> Any:
+  def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     size = self.config.data.crop_size
     sketch = jnp.zeros((1, size, size, 1))
     if not self.rgb:
-      return self.model.init(rng, sketch)['params']
+      return self.model.init(rng, sketch)['params'], {}
     variables = self.model.init(rng, sketch, jnp.zeros((1, size, size, 3)))
     flat = traverse_util.flatten_dict(variables)
     flat.update(traverse_util.flatten_dict(
         rgb_dssa.imagenet_variables(variables, self._imagenet_weights)))
     variables = traverse_util.unflatten_dict(flat)
-    return {**variables['params'], 'batch_stats': variables['batch_stats']}
+    return variables['params'], {'batch_stats': variables['batch_stats']}
 
   @functools.cached_property
   def _imagenet_weights(self) -> dict:
     """Converted EfficientNet-Lite0 variables (host numpy), read once."""
     return convert_efficientnet.load_pretrained(self.config.model.pretrained_weights or None)
 
-  def _variables(self, params) -> dict:
-    """Flax variables from the task's params (see the module docstring)."""
-    if not self.rgb:
-      return {'params': params}
-    params = dict(params)
-    batch_stats = params.pop('batch_stats')
-    return {'params': params, 'batch_stats': batch_stats}
-
   def _normalize(self, images):
-    return input_pipeline.normalize(images, self.config.pixel_mean,
+    return image_pipeline.normalize(images, self.config.pixel_mean,
                                     self.config.input_scale)
 
   def _prepare(self, images, domain: str):
@@ -133,49 +140,38 @@ class FgSbirTask:
       return efficientnet_lite.preprocess(images, size=None)
     return self._normalize(images)
 
-  def _embed_triplets(self, params, batch: dict, rng: jax.Array):
+  def _embed_triplets(self, variables: dict, batch: dict, rng: jax.Array):
     """(anchor, positive, negative) embeddings in training mode, and the
-    BatchNorm statistics of this batch (None while they stay frozen)."""
+    model_state after this batch (BatchNorm running averages, if updated)."""
     if not self.rgb:  # One branch: all three in one batch.
       x = jnp.concatenate([batch['sketch'], batch['positive'], batch['negative']])
-      emb = self.model.apply({'params': params}, self._normalize(x), True,
+      emb = self.model.apply(variables, self._normalize(x), True,
                              method=dssa.DSSA.embed, rngs={'dropout': rng})
-      return (*jnp.split(emb, 3), None)
+      return (*jnp.split(emb, 3), {})
     m = self.config.model
-    variables = self._variables(params)
     variables = {
         'params': rgb_dssa.freeze_backbone_layers(variables['params'],
                                                   m.frozen_backbone_layers),
-        'batch_stats': jax.lax.stop_gradient(variables['batch_stats'])}
+        'batch_stats': variables['batch_stats']}
     photos = jnp.concatenate([batch['positive'], batch['negative']])
     mutable = False if m.frozen_batch_norm else ['batch_stats']
     out = self.model.apply(variables, self._prepare(batch['sketch'], 'sketch'),
                            self._prepare(photos, 'photo'), True, method='embed_pair',
                            rngs={'dropout': rng}, mutable=mutable)
     (anchor, photo_emb), updates = out if mutable else (out, {})
-    return (anchor, *jnp.split(photo_emb, 2), updates.get('batch_stats'))
+    new_state = {'batch_stats': updates.get('batch_stats', variables['batch_stats'])}
+    return (anchor, *jnp.split(photo_emb, 2), new_state)
 
-  def loss_fn(self, params, batch: dict, rng: jax.Array):
-    """Triplet loss with the configured energy (+ the HOLEF regulariser).
+  def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
+    """Triplet loss with the configured energy (+ the HOLEF regulariser), and
+    the model_state after the batch.
 
     Under jit over the mesh the batch is global, so with negatives='batch'
     each anchor meets the photos of every device's shard.
     """
-    loss, (metrics, _) = self._loss_and_batch_stats(params, batch, rng)
-    return loss, metrics
-
-  def _train_step_with_batch_stats(self, state, batch: dict, rng: jax.Array):
-    """The trainer's step, then this batch's BatchNorm running averages
-    replace the old ones (only with config.model.frozen_batch_norm=False)."""
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
-        self._loss_and_batch_stats, has_aux=True)(state.params, batch, rng)
-    state = state.apply_gradients(grads=grads)
-    state = state.replace(params={**state.params, 'batch_stats': batch_stats})
-    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-  def _loss_and_batch_stats(self, params, batch: dict, rng: jax.Array):
-    anchor, positive, negative, batch_stats = self._embed_triplets(params, batch, rng)
-    apply = functools.partial(self.model.apply, self._variables(params))
+    variables = state_lib.variables_of(params, model_state)
+    anchor, positive, negative, new_state = self._embed_triplets(variables, batch, rng)
+    apply = functools.partial(self.model.apply, variables)
     pos_e = apply(anchor, positive, method='paired_energy')
     neg_e = apply(anchor, negative, method='paired_energy')
     margin = self.config.loss.margin
@@ -191,7 +187,7 @@ class FgSbirTask:
     reg = self.config.loss.holef_lambda * apply(method='energy_regulariser')
     metrics = {'hinge': hinge, 'energy_reg': reg,
                'triplet_order_acc': jnp.mean(pos_e < neg_e)}
-    return hinge + reg, (metrics, batch_stats)
+    return hinge + reg, (metrics, new_state)
 
   # --- data ------------------------------------------------------------------
   def train_batches(self, start_step: int) -> Iterator[dict]:
@@ -200,7 +196,7 @@ class FgSbirTask:
         global_batch_size=self.config.batch_size, seed=self.config.seed,
         start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
-    return input_pipeline.iterate(ds)
+    return image_pipeline.iterate(ds)
 
   # --- evaluation ------------------------------------------------------------
   @functools.cached_property
@@ -208,9 +204,8 @@ class FgSbirTask:
     """domain -> jitted embedding; DSSA's one branch serves both (one compile)."""
     def make(domain):
       method = rgb_dssa.embed_method(domain) if self.rgb else dssa.DSSA.embed
-      def embed(params, images):
-        return self.model.apply(self._variables(params),
-                                self._prepare(images, domain), method=method)
+      def embed(variables, images):
+        return self.model.apply(variables, self._prepare(images, domain), method=method)
       return jax.jit(embed, out_shardings=sharding.replicated(self.mesh))
     if self.rgb:
       return {domain: make(domain) for domain in rgb_dssa.DOMAINS}
@@ -218,14 +213,14 @@ class FgSbirTask:
 
   @functools.cached_property
   def _view_energy_fn(self):
-    def energy(params, sketch_VxQxD, photo_VxGxD):
+    def energy(variables, sketch_VxQxD, photo_VxGxD):
       per_view = jax.vmap(lambda s, p: self.model.apply(
-          self._variables(params), s, p, method='pairwise_energy'))(
+          variables, s, p, method='pairwise_energy'))(
               sketch_VxQxD, photo_VxGxD)
       return per_view.mean(axis=0)
     return jax.jit(energy)
 
-  def embed_images(self, params, images: np.ndarray,
+  def embed_images(self, variables: dict, images: np.ndarray,
                    domain: Optional[str] = None) -> np.ndarray:
     """(N, c, c, C) uint8 -> (N, D) float, batched, padded, sharded on `data`.
 
@@ -236,18 +231,19 @@ class FgSbirTask:
       raise ValueError(f'{self.config.model.name} embeds each domain with its own '
                        "layers: pass domain='sketch' or domain='photo'.")
     fn = self._embed_fns[rgb_dssa.check_domain(domain or 'sketch')]
-    return sharding.map_batches(fn, params, images, self.config.eval.batch_size, self.mesh)
+    return sharding.map_batches(functools.partial(fn, variables), images,
+                                self.config.eval.batch_size, self.mesh)
 
   def split_views(self, split: str):
     """(sketch views (N, V, c, c, 1), photo views (M, V, c, c, C)) of a split."""
     if split not in self._views:
       data = self.splits[split]
       size, views = self.config.data.crop_size, self.config.eval.num_views
-      self._views[split] = (input_pipeline.ten_views(data.sketches, size, views),
-                            input_pipeline.ten_views(data.photos, size, views))
+      self._views[split] = (image_pipeline.ten_views(data.sketches, size, views),
+                            image_pipeline.ten_views(data.photos, size, views))
     return self._views[split]
 
-  def energy_matrix(self, params, split: str) -> np.ndarray:
+  def energy_matrix(self, variables: dict, split: str) -> np.ndarray:
     """(sketches, photos) energy of every sketch against every photo of the
     split, averaged over the matched views."""
     sketch_views, photo_views = self.split_views(split)
@@ -255,15 +251,19 @@ class FgSbirTask:
     def embed_views(views_NxV, domain):
       n, v = views_NxV.shape[:2]
       flat = self.embed_images(
-          params, views_NxV.reshape((n * v,) + views_NxV.shape[2:]), domain)
+          variables, views_NxV.reshape((n * v,) + views_NxV.shape[2:]), domain)
       return flat.reshape(n, v, -1).transpose(1, 0, 2)
 
     return np.asarray(self._view_energy_fn(
-        params, embed_views(sketch_views, 'sketch'), embed_views(photo_views, 'photo')))
+        variables, embed_views(sketch_views, 'sketch'), embed_views(photo_views, 'photo')))
 
-  def evaluate(self, params, split: str) -> dict[str, float]:
-    """acc@K of the split's sketches, the true match of sketch i being photo
-    photo_index[i] (QMUL V1: photo i)."""
-    return accuracy_at_k.accuracy_at_k(self.energy_matrix(params, split),
-                                       self.config.eval.ks,
-                                       targets=self.splits[split].photo_index)
+  @property
+  def predict_fns(self) -> dict:
+    """'distances': the view-averaged energies of the split's sketches against
+    its photos, the true match of sketch i being photo photo_index[i]."""
+    return {'distances': lambda variables, split: {
+        'distances': self.energy_matrix(variables, split),
+        'targets': self.splits[split].photo_index}}
+
+  def write_outputs(self, variables: dict, workdir: str) -> None:
+    del variables, workdir  # The retrieve mode draws FG-SBIR's pictures.

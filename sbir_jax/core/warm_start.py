@@ -4,7 +4,9 @@
 its latest) or `<workdir>:<step>`. Only parameters whose path and shape match
 the new model are copied (e.g. Sketch-a-Net's trunk and fc6 from the sketch
 classifier into DSSA); the rest keep their fresh initialisation. Freezing
-(`config.frozen`) is the optimizer's job: see `train.make_optimizer`.
+(`config.frozen`) is the optimizer's job: see `core/optim.py`. The best
+checkpoint is found by the selection value each checkpoint carries
+(`checkpointing.py`), whatever metric the source task selected on.
 """
 import os
 from typing import Any
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from sbir_jax import checkpointing
+from sbir_jax.core import checkpointing
 
 
 def parse_source(init_from: str) -> tuple[str, str]:

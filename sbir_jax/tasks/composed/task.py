@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
@@ -44,13 +43,16 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from sbir_jax import losses
-from sbir_jax import sharding
-from sbir_jax import train
+from sbir_jax import pictures
+from sbir_jax.core import sharding
+from sbir_jax.core import state as state_lib
+from sbir_jax.datasets import preparation
 from sbir_jax.datasets import css_style
 from sbir_jax.datasets import css_style_generator as gen
 from sbir_jax.datasets import fashion200k
 from sbir_jax.datasets import mit_states
 from sbir_jax.datasets import regions as regions_lib
+from sbir_jax.datasets import validation
 from sbir_jax.evaluators import recall_at_k
 from sbir_jax.models import composed_baselines
 from sbir_jax.models import lbf
@@ -59,26 +61,6 @@ from sbir_jax.models import tirg
 
 MODELS = ('lbf', 'tirg') + composed_baselines.KINDS
 LOSSES = ('soft_triplet', 'batch_classification')
-SCHEDULES = ('constant', 'cosine')
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The trainer's optimizer with its step size multiplied by
-  config.optimizer.schedule: constant (TIRG on CSS), or cosine (linear
-  warm-up over warmup_steps, then cosine decay to 0 at num_train_steps)."""
-  opt = config.optimizer
-  tx = train.make_optimizer(opt, config.get('frozen', ()))
-  if opt.schedule == 'constant':
-    return tx
-  if opt.schedule != 'cosine':
-    raise ValueError(f'config.optimizer.schedule={opt.schedule!r}; use one of {SCHEDULES}.')
-  if not 0 <= opt.warmup_steps < config.num_train_steps:
-    raise ValueError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
-                     f'[0, num_train_steps={config.num_train_steps}).')
-  factor = optax.warmup_cosine_decay_schedule(0.0, 1.0, opt.warmup_steps,
-                                              config.num_train_steps, 0.0)
-  # Scaling the final update scales the learning rate (Adam and SGD alike).
-  return optax.chain(tx, optax.scale_by_schedule(factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +142,6 @@ def ensure_generated(data: ml_collections.ConfigDict) -> str:
   return directory
 
 
-def _prepare(builder, manual_dir: str) -> None:
-  if jax.process_index() == 0:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f'{builder.name} prepared')
-
-
 def _read_images(builder, split: str, size: int) -> dict:
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   order = np.argsort(data['image_id'])
@@ -204,10 +178,11 @@ def _by_caption(captions: list) -> dict:
 
 def _read_fashion200k(manual_dir: str, tfds_dir: str, size: int) -> dict:
   """Train: images one word apart (TIRG); test: TIRG's test_queries.txt."""
-  images = fashion200k.Fashion200k(config='images', data_dir=tfds_dir)
-  queries = fashion200k.Fashion200k(config='test_queries', data_dir=tfds_dir)
-  for builder in (images, queries):
-    _prepare(builder, manual_dir)
+  hint = 'Point config.data.manual_dir at the Fashion200k release.'
+  images = preparation.prepare(functools.partial(
+      fashion200k.Fashion200k, config='images', data_dir=tfds_dir), manual_dir, hint)
+  queries = preparation.prepare(functools.partial(
+      fashion200k.Fashion200k, config='test_queries', data_dir=tfds_dir), manual_dir, hint)
   raw = {}
   for split in ('train', 'test'):
     loaded = _read_images(images, split, size)
@@ -226,8 +201,9 @@ def _read_fashion200k(manual_dir: str, tfds_dir: str, size: int) -> dict:
 
 def _read_mit_states(manual_dir: str, tfds_dir: str, size: int) -> dict:
   """Text = the target adjective; target = an image of "<adjective> <noun>"."""
-  builder = mit_states.MitStates(data_dir=tfds_dir)
-  _prepare(builder, manual_dir)
+  builder = preparation.prepare(
+      functools.partial(mit_states.MitStates, data_dir=tfds_dir), manual_dir,
+      'Point config.data.manual_dir at the MIT-States release.')
   raw = {}
   for split in ('train', 'test'):
     loaded = _read_images(builder, split, size)
@@ -297,16 +273,14 @@ def split_train_mods(mods: list, data: ml_collections.ConfigDict
              unseen images, ranked among their other modified versions, as
              the test queries are); no fit pair touches a held-out image.
   """
-  rng = np.random.default_rng(data.val_split_seed)
   if data.val_holdout == 'texts':
-    order = rng.permutation(len(mods))
-    num_val = int(round(len(mods) * data.val_fraction))
-    return ([mods[i] for i in np.sort(order[num_val:])],
-            [mods[i] for i in np.sort(order[:num_val])])
+    fit, val = validation.hold_out(len(mods), data.val_fraction, data.val_split_seed)
+    return [mods[i] for i in fit], [mods[i] for i in val]
   if data.val_holdout != 'sources':
     raise ValueError(f'config.data.val_holdout={data.val_holdout!r}; use texts or sources.')
   sources = np.unique([int(f) for m in mods for f in m['from']])
-  held = set(rng.permutation(sources)[:int(round(len(sources) * data.val_fraction))].tolist())
+  _, val = validation.hold_out(len(sources), data.val_fraction, data.val_split_seed)
+  held = set(sources[val].tolist())
   fit = [_split_pairs(m, lambda f, t: f not in held and t not in held) for m in mods]
   val = [_split_pairs(m, lambda f, t: f in held) for m in mods]
   return [m for m in fit if m['from']], [m for m in val if m['from']]
@@ -369,16 +343,15 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
 # ----------------------------------------------------------------------------
 
 class ComposedTask:
-  """Everything the trainer needs that is specific to composed retrieval."""
-  selection_metric = 'val_recall@1'
+  """The composed retrieval task (contract: sbir_jax/core/task.py)."""
+  modes = {}
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
     self.mesh = mesh
     if config.loss.name not in LOSSES:
       raise ValueError(f'config.loss.name={config.loss.name!r}; use one of {LOSSES}.')
-    self._last_rankings: dict[str, np.ndarray] = {}
-    self._constants: dict = {}  # Non-trained variables (ImageNet BN statistics).
+    self._last_predictions: dict[str, dict] = {}
 
   @functools.cached_property
   def _data(self):
@@ -396,25 +369,31 @@ class ComposedTask:
   def model(self):
     return build_model(self.config, len(self.vocab))
 
-  # --- model, state and loss ---------------------------------------------
-  def create_state(self, rng: jax.Array) -> train.TrainState:
-    """The trainer's state, with the scheduled optimizer (a trainer hook)."""
-    return train.TrainState.create(apply_fn=self.model.apply,
-                                   params=self.init_params(rng),
-                                   tx=make_optimizer(self.config))
+  def load_data(self) -> dict[str, int]:
+    return {**{f'{name} queries': len(s.source_ids) for name, s in self.splits.items()},
+            'vocabulary': len(self.vocab)}
 
-  def init_params(self, rng: jax.Array) -> Any:
+  def batch_spec(self) -> dict:
+    rows = self.config.batch_size // jax.process_count()
+    images = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype),
+                          self.splits['train'].inputs(np.arange(1)))
+    return {'reference': images, 'target': images,
+            'tokens': jax.ShapeDtypeStruct((rows, self.config.data.max_text_length),
+                                           np.int32)}
+
+  # --- model, state and loss ---------------------------------------------
+  def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     images = self.splits['train'].inputs(np.arange(2))  # Shapes only.
     images = jax.tree.map(jnp.zeros_like, images)
     tokens = jnp.ones((2, self.config.data.max_text_length), jnp.int32)
     variables = self.model.init(rng, images, tokens, images)
     if self.config.model.backbone == 'efficientnet_lite0':
       return self._graft_imagenet_backbone(variables)
-    return variables['params']
+    return variables['params'], {}
 
-  def _graft_imagenet_backbone(self, variables) -> Any:
+  def _graft_imagenet_backbone(self, variables) -> tuple[Any, Any]:
     """ImageNet EfficientNet-Lite0 weights into the `backbone` subtree; its
-    BatchNorm statistics become constants of every apply (never trained)."""
+    BatchNorm statistics become the model_state (never trained)."""
     from sbir_jax.models import convert_efficientnet  # Only for this option.
     pretrained = convert_efficientnet.load_pretrained()
     out = {}
@@ -427,16 +406,12 @@ class ComposedTask:
         elif collection == 'batch_stats':
           raise ValueError(f'BatchNorm statistics outside the backbone: {path}.')
       out[collection] = traverse_util.unflatten_dict(flat)
-    # Numpy, not traced values: init_params runs inside jax.jit.
-    self._constants = {'batch_stats': out['batch_stats']}
-    return out['params']
+    return out['params'], {'batch_stats': out['batch_stats']}
 
-  def _variables(self, params) -> dict:
-    return {'params': params, **self._constants}
-
-  def loss_fn(self, params, batch: dict, rng: jax.Array):
+  def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
     query_BxD, target_BxD = self.model.apply(
-        self._variables(params), batch['reference'], batch['tokens'], batch['target'])
+        state_lib.variables_of(params, model_state), batch['reference'],
+        batch['tokens'], batch['target'])
     if self.config.loss.name == 'soft_triplet':
       loss = losses.soft_triplet(query_BxD, target_BxD, rng,
                                  self.config.loss.num_negatives)
@@ -444,7 +419,7 @@ class ComposedTask:
       loss = losses.batch_classification(query_BxD, target_BxD)
     sims_BxB = query_BxD @ target_BxD.T
     in_batch_top1 = jnp.mean(jnp.argmax(sims_BxB, axis=1) == jnp.arange(len(sims_BxB)))
-    return loss, {'in_batch_recall@1': in_batch_top1}
+    return loss, ({'in_batch_recall@1': in_batch_top1}, model_state)
 
   # --- data ------------------------------------------------------------------
   def train_batches(self, start_step: int) -> Iterator[dict]:
@@ -473,64 +448,57 @@ class ComposedTask:
   # --- evaluation ------------------------------------------------------------
   @functools.cached_property
   def _compose_fn(self):
-    def compose(params, images, tokens):
-      return self.model.apply(self._variables(params), images, tokens,
-                              method=self.model.compose)
+    def compose(variables, images, tokens):
+      return self.model.apply(variables, images, tokens, method=self.model.compose)
     return jax.jit(compose, out_shardings=sharding.replicated(self.mesh))
 
   @functools.cached_property
   def _target_fn(self):
-    def embed(params, images):
-      return self.model.apply(self._variables(params), images,
-                              method=self.model.embed_target)
+    def embed(variables, images):
+      return self.model.apply(variables, images, method=self.model.embed_target)
     return jax.jit(embed, out_shardings=sharding.replicated(self.mesh))
 
-  def _batched(self, fn, params, *inputs) -> np.ndarray:
-    """fn over fixed-size, padded batches sharded on `data`; (N, D) numpy.
-    Each input is an array or a dict of arrays (regions) with N rows."""
-    batch = self.config.eval.batch_size
-    sharding.check_batch_size(batch, 'config.eval.batch_size')
-    n = len(jax.tree.leaves(inputs)[0])
-    rows = sharding.process_rows(batch)
-    padded = jax.tree.map(
-        lambda a: np.concatenate([a, np.repeat(a[:1], -n % batch, axis=0)]), inputs)
-    out = []
-    for start in range(0, n + (-n % batch), batch):
-      local = jax.tree.map(lambda p: p[start:start + batch][rows], padded)
-      out.append(np.asarray(fn(params, *sharding.to_global(local, self.mesh))))
-    return np.concatenate(out)[:n]
+  def embed_queries(self, variables: dict, images, tokens: np.ndarray) -> np.ndarray:
+    return sharding.map_batches(lambda batch: self._compose_fn(variables, *batch),
+                                (images, tokens), self.config.eval.batch_size, self.mesh)
 
-  def embed_queries(self, params, images, tokens: np.ndarray) -> np.ndarray:
-    return self._batched(self._compose_fn, params, images, tokens)
+  def embed_gallery(self, variables: dict, images) -> np.ndarray:
+    return sharding.map_batches(functools.partial(self._target_fn, variables), images,
+                                self.config.eval.batch_size, self.mesh)
 
-  def embed_gallery(self, params, images) -> np.ndarray:
-    return self._batched(self._target_fn, params, images)
-
-  def evaluate(self, params, split: str) -> dict[str, float]:
+  def predictions(self, variables: dict, split: str) -> dict:
+    """Composed queries and gallery embeddings of a split, with what
+    Recall@K needs (the query's own image as a gallery position)."""
     data = self.splits[split]
-    queries = self.embed_queries(params, data.inputs(data.source_ids), data.tokens)
-    gallery = self.embed_gallery(params, data.inputs(data.gallery_ids))
+    queries = self.embed_queries(variables, data.inputs(data.source_ids), data.tokens)
+    gallery = self.embed_gallery(variables, data.inputs(data.gallery_ids))
     # Query sources as positions in the gallery (the gallery holds them all).
     position = {int(g): i for i, g in enumerate(data.gallery_ids)}
-    sources_in_gallery = np.array([position[int(s)] for s in data.source_ids])
-    metrics, ranking = recall_at_k.recall_at_k(
-        queries, gallery, sources_in_gallery, data.labels[data.target_ids],
-        data.labels[data.gallery_ids], self.config.eval.ks)
-    self._last_rankings[split] = data.gallery_ids[ranking]
-    return metrics
+    out = {'queries': queries, 'gallery': gallery,
+           'source_ids': np.array([position[int(s)] for s in data.source_ids]),
+           'target_labels': data.labels[data.target_ids],
+           'gallery_labels': data.labels[data.gallery_ids]}
+    self._last_predictions[split] = out
+    return out
 
-  def write_outputs(self, workdir: str) -> None:
-    """A picture of a few test queries with their top 5 (after evaluate)."""
-    if 'test' not in self._last_rankings:
-      return
-    data, ranking = self.splits['test'], self._last_rankings['test']
+  @property
+  def predict_fns(self) -> dict:
+    return {'composed': self.predictions}
+
+  def write_outputs(self, variables: dict, workdir: str) -> None:
+    """A picture of a few test queries with their top 5."""
+    data = self.splits['test']
+    out = self._last_predictions.get('test') or self.predictions(variables, 'test')
+    ranking = data.gallery_ids[recall_at_k.rank_gallery(
+        out['queries'], out['gallery'], out['source_ids'], 5, out['target_labels'],
+        out['gallery_labels'])]
     num = min(self.config.eval.num_examples, len(data.source_ids))
     # Evenly spread queries: several texts, deterministic.
     picked = np.linspace(0, len(data.source_ids) - 1, num).astype(int)
     top = ranking[picked, :5]
     hits = data.labels[top] == data.labels[data.target_ids[picked]][:, None]
     path = epath.Path(workdir) / 'test_examples.png'
-    recall_at_k.save_examples_picture(
+    pictures.save_examples_picture(
         str(path), data.images[data.source_ids[picked]],
         [data.texts[i] for i in picked], data.images[top], hits)
     logging.info('Wrote %s', path)

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from sbir_jax import image_sets
-from sbir_jax import sharding
+from sbir_jax.core import sharding
 
 EXTRACTORS = ('efficientnet_lite0', 'pixels', 'precomputed')
 
@@ -55,7 +55,7 @@ def cache_dir(cfg: ml_collections.ConfigDict, *sources: str) -> str:
 
 def make_extract_fn(cfg: ml_collections.ConfigDict,
                     mesh: jax.sharding.Mesh) -> Callable[[np.ndarray], np.ndarray]:
-  """uint8 (B, S, S, 3) global batch (B divisible by devices) -> (B, D) float32."""
+  """uint8 (B, S, S, 3) global jax.Array sharded on `data` -> (B, D) float32 numpy."""
   if cfg.extractor == 'efficientnet_lite0':
     from sbir_jax.models import convert_efficientnet
     from sbir_jax.models import efficientnet_lite
@@ -83,8 +83,7 @@ def make_extract_fn(cfg: ml_collections.ConfigDict,
     raise FeatureError(f'config.features.extractor={cfg.extractor!r}; choose one '
                        f'of {EXTRACTORS}.')
   jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh))
-  return lambda images: np.asarray(
-      jitted(variables, sharding.to_global(images, mesh)), np.float32)
+  return lambda global_images: np.asarray(jitted(variables, global_images), np.float32)
 
 
 def load_npz(path: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,16 +155,13 @@ class FeatureStore:
     return cached[[position[k] for k in images.ids.tolist()]]
 
   def _run(self, images: image_sets.ImageSet, indices: np.ndarray) -> np.ndarray:
-    batch = self.cfg.batch_size
-    sharding.check_batch_size(batch, 'config.features.batch_size')
-    rows = sharding.process_rows(batch)
     extract = self._extractor()
+    batch = self.cfg.batch_size
     out = []
-    for chunk in images.reader(indices, self.cfg.image_size, batch):
-      n = len(chunk)
-      padded = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      out.append(extract(padded[rows])[:n])
+    for n, global_batch in sharding.padded_global_batches(
+        images.reader(indices, self.cfg.image_size, batch), batch, self.mesh,
+        'config.features.batch_size'):
+      out.append(extract(global_batch)[:n])
       self.num_extracted += n
     feats = np.concatenate(out) if out else np.zeros((0, self.cfg.dim), np.float32)
     if len(feats) != len(indices):

@@ -1,0 +1,1 @@
+"""Composed query retrieval configs (LBF, TIRG): common.py holds the shared config."""

@@ -1,0 +1,1 @@
+"""FG-SBIR (DSSA) configs: common.py holds the config and its variants."""

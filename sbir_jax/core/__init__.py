@@ -1,0 +1,1 @@
+"""Infrastructure the trainer owns; imports no task."""
