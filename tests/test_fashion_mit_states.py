@@ -109,16 +109,3 @@ def test_composed_task_reads_fashion200k(fashion_root, tfds_dir):
   test = splits['test']
   assert test.texts == ['replace black with white', 'replace white with black']
   assert list(test.labels[test.target_ids]) == [1, 2]
-
-
-def test_composed_task_trains_on_mit_states(tmp_path, tfds_dir):
-  from configs import mit_states as mit_config
-  from sbir_jax.core import trainer
-  config = mit_config.get_config('concat,tiny')
-  config.data.manual_dir = str(_mit_states_root(tmp_path))
-  config.data.tfds_data_dir = tfds_dir
-  config.data.val_fraction = 0.0
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  # Test queries: 3 tomato images x 1 other adjective each.
-  assert results['selected_checkpoint'] == 'latest'
-  assert 0 <= results['test_recall@1'] <= 100

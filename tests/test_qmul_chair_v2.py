@@ -18,7 +18,6 @@ from sbir_jax.core import sharding
 from sbir_jax.core import state as state_lib
 from sbir_jax import strokes
 from sbir_jax.core import task as task_lib
-from sbir_jax.core import trainer
 from sbir_jax.datasets import qmul_chair_v2
 from tests import helpers
 
@@ -188,12 +187,3 @@ def test_config_variants(chair_dir):
     assert config.data.source == 'qmul_chair_v2'
     assert config.data.triplet_sampling == 'true_match'  # No annotation.
   assert os.path.samefile(chair_v2.get_config().data.manual_dir, chair_dir)
-
-
-def test_tiny_training_run(tfds_dir, chair_dir, tmp_path):
-  config = chair_v2.get_config('tiny')
-  config.data.tfds_data_dir, config.data.manual_dir = tfds_dir, chair_dir
-  config.eval.num_views = 1  # Seconds, not tens of seconds.
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100
-  assert results['devices'] == 8
