@@ -2,8 +2,6 @@
 class plus generated classes, through checkpoints and --mode=eval."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -132,21 +130,6 @@ def test_doodle_config_classes_are_shared_and_disjoint():
   assert seen | unseen == shared  # Every shared class is used.
   with pytest.raises(ValueError, match='Unknown config variant'):
     zs_doodle.get_config('tiny,vae')
-
-
-@pytest.mark.slow
-def test_cli_doodle_tiny_train_then_eval(tmp_path):
-  """The commands of the README on the real doodle data, tiny sized (~3 min)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  common = [sys.executable, '-m', 'sbir_jax.main', '--config=configs/zs_doodle.py:tiny',
-            f'--workdir={tmp_path}/run', f'--config.features.cache_dir={tmp_path}/f']
-  for extra in ([], ['--mode=eval', '--checkpoint=best']):
-    run = subprocess.run(common + extra, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-  results = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert results['eval_best']['test_mAP@all'] == pytest.approx(
-      results['train']['test_mAP@all'])
 
 
 def test_caps_apply_within_the_selection():
