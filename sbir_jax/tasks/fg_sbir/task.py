@@ -1,10 +1,12 @@
 """Fine-grained SBIR with DSSA: triplet batches, HOLEF-family loss, 10-view acc@K.
 
 config.model.name picks the model: 'dssa' (one branch for sketches and photo
-edge maps) or an RGB-photo design of `models/rgb_dssa.py` ('rgb_two_towers',
-'rgb_shared_stem'), which embeds each domain through its own layers and keeps
-its BatchNorm statistics in the state's model_state (never trained by
-gradient; updated by the loss with config.model.frozen_batch_norm=False).
+edge maps, on the trunk config.model.trunk names: Sketch-a-Net or an ImageNet
+EfficientNet-Lite) or an RGB-photo design of `models/rgb_dssa.py`
+('rgb_two_towers', 'rgb_shared_stem'), which embeds each domain through its
+own layers. EfficientNet BatchNorm statistics live in the state's
+model_state (never trained by gradient; updated by the loss with
+config.model.frozen_batch_norm=False).
 
 The evaluator ranks with the energy the model was trained with (Euclidean,
 weighted, Mahalanobis or HOLEF), averaged over the views: the distance of a
@@ -46,14 +48,13 @@ def _dssa_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   m = config.model
   if m.name == 'dssa':
-    return dssa.DSSA(**_dssa_fields(config))
+    return dssa.DSSA(**_dssa_fields(config), trunk=dssa.check_trunk(m.trunk),
+                     frozen_batch_norm=m.frozen_batch_norm,
+                     frozen_trunk_layers=m.frozen_trunk_layers,
+                     drop_connect_rate=m.drop_connect_rate)
   if m.name not in RGB_MODELS:
     raise ValueError(f'config.model.name={m.name!r}; the fg_sbir task knows '
                      f'"dssa", {", ".join(map(repr, RGB_MODELS))}.')
-  if 'frozen_batch_norm' not in m:
-    raise ValueError(f'config.model.name={m.name!r} lacks its options (frozen_batch_norm, '
-                     f'...): select it with the config variant, e.g. '
-                     f'--config=configs/shoes_rgb.py:{m.name}.')
   rgb = dict(frozen_batch_norm=m.frozen_batch_norm, drop_connect_rate=m.drop_connect_rate)
   if m.name == 'rgb_two_towers':
     return rgb_dssa.TwoTowers(**_dssa_fields(config), **rgb)
@@ -65,17 +66,35 @@ def _check_rgb_config(config: ml_collections.ConfigDict) -> None:
   photo_input = config.data.get('photo_input', 'edge')
   if photo_input != 'rgb':
     raise ValueError(f'config.model.name={config.model.name!r} embeds RGB photos but '
-                     f'config.data.photo_input={photo_input!r}; set it to "rgb".')
-  # Frozen layers get no gradient, but weight decay would still shrink them
-  # unless the optimizer leaves them out.
-  needed = rgb_dssa.frozen_prefixes(config.model.frozen_backbone_layers)
+                     f'config.data.photo_input={photo_input!r}: select the model with '
+                     f'its variant, e.g. --config=configs/shoes_rgb.py:{config.model.name}.')
+  _check_frozen_by_optimizer(config, rgb_dssa.frozen_prefixes(
+      config.model.frozen_backbone_layers), 'frozen_backbone_layers')
+
+
+def _trunk_frozen_prefixes(config: ml_collections.ConfigDict) -> list[str]:
+  """'trunk/<name>' of the EfficientNet trunk layers that get no gradient."""
+  m = config.model
+  if m.trunk == dssa.SKETCH_A_NET:
+    return []
+  names = efficientnet_lite.layer_names(dssa.EFFICIENTNET_TRUNKS[m.trunk])
+  efficientnet_lite.check_frozen_layers(m.frozen_trunk_layers,
+                                        dssa.EFFICIENTNET_TRUNKS[m.trunk],
+                                        'config.model.frozen_trunk_layers')
+  return [f'trunk/{name}' for layer in names[:m.frozen_trunk_layers] for name in layer]
+
+
+def _check_frozen_by_optimizer(config: ml_collections.ConfigDict, needed: list[str],
+                               option: str) -> None:
+  """Layers without gradient must not move: weight decay would still shrink
+  them unless config.frozen leaves them out of the optimizer."""
   frozen = tuple(config.get('frozen', ()))
   covered = lambda name: any(name == f or name.startswith(f + '/') for f in frozen)
   missing = [name for name in needed if not covered(name)]
   if config.optimizer.weight_decay and missing:
     raise ValueError(f'config.optimizer.weight_decay would shrink {missing}, which '
-                     f'must not change; set --config.frozen="{tuple(needed)!r}" (or '
-                     'config.optimizer.weight_decay=0).')
+                     f'config.model.{option} keeps fixed; set '
+                     f'--config.frozen="{tuple(needed)!r}" (or config.optimizer.weight_decay=0).')
 
 
 class FgSbirTask:
@@ -89,6 +108,17 @@ class FgSbirTask:
     self.rgb = config.model.name in RGB_MODELS
     if self.rgb:
       _check_rgb_config(config)
+    else:
+      _check_frozen_by_optimizer(config, _trunk_frozen_prefixes(config),
+                                 'frozen_trunk_layers')
+    # The ImageNet-initialised submodules, if any.
+    if self.rgb:
+      self._imagenet_modules, self._variant = rgb_dssa.PRETRAINED_MODULES, 'lite0'
+    elif config.model.trunk in dssa.EFFICIENTNET_TRUNKS:
+      self._imagenet_modules = ('trunk',)
+      self._variant = dssa.EFFICIENTNET_TRUNKS[config.model.trunk]
+    else:
+      self._imagenet_modules, self._variant = (), None
     self._views = {}  # split -> (sketch views, photo views), built once.
 
   @functools.cached_property
@@ -114,52 +144,63 @@ class FgSbirTask:
   # --- model and loss ------------------------------------------------------
   def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     size = self.config.data.crop_size
-    sketch = jnp.zeros((1, size, size, 1))
-    if not self.rgb:
-      return self.model.init(rng, sketch)['params'], {}
-    variables = self.model.init(rng, sketch, jnp.zeros((1, size, size, 3)))
+    inputs = [jnp.zeros((1, size, size, 1))]
+    if self.rgb:
+      inputs.append(jnp.zeros((1, size, size, 3)))
+    variables = self.model.init(rng, *inputs)
+    if not self._imagenet_modules:
+      return variables['params'], {}
     flat = traverse_util.flatten_dict(variables)
-    flat.update(traverse_util.flatten_dict(
-        rgb_dssa.imagenet_variables(variables, self._imagenet_weights)))
+    flat.update(traverse_util.flatten_dict(convert_efficientnet.graft(
+        variables, self._imagenet_weights, self._imagenet_modules)))
     variables = traverse_util.unflatten_dict(flat)
     return variables['params'], {'batch_stats': variables['batch_stats']}
 
   @functools.cached_property
   def _imagenet_weights(self) -> dict:
-    """Converted EfficientNet-Lite0 variables (host numpy), read once."""
-    return convert_efficientnet.load_pretrained(self.config.model.pretrained_weights or None)
+    """Converted EfficientNet-Lite variables (host numpy), read once."""
+    return convert_efficientnet.load_pretrained(
+        self.config.model.pretrained_weights or None, self._variant)
 
   def _normalize(self, images):
     return image_pipeline.normalize(images, self.config.pixel_mean,
                                     self.config.input_scale)
 
   def _prepare(self, images, domain: str):
-    """Model input: RGB photos get EfficientNet's own scaling (at the crop
-    size); sketches and edge maps the configured mean and scale."""
-    if self.rgb and domain == 'photo':
+    """Model input: EfficientNet layers get the (x - 127) / 128 scaling their
+    ImageNet weights were trained with (RGB photos, and every input of an
+    EfficientNet-trunk DSSA); Sketch-a-Net inputs the configured mean and
+    scale."""
+    if (self.rgb and domain == 'photo') or (not self.rgb and self._variant):
       return efficientnet_lite.preprocess(images, size=None)
     return self._normalize(images)
 
   def _embed_triplets(self, variables: dict, batch: dict, rng: jax.Array):
     """(anchor, positive, negative) embeddings in training mode, and the
     model_state after this batch (BatchNorm running averages, if updated)."""
-    if not self.rgb:  # One branch: all three in one batch.
-      x = jnp.concatenate([batch['sketch'], batch['positive'], batch['negative']])
-      emb = self.model.apply(variables, self._normalize(x), True,
-                             method=dssa.DSSA.embed, rngs={'dropout': rng})
-      return (*jnp.split(emb, 3), {})
     m = self.config.model
-    variables = {
-        'params': rgb_dssa.freeze_backbone_layers(variables['params'],
-                                                  m.frozen_backbone_layers),
-        'batch_stats': variables['batch_stats']}
+    # BatchNorm on batch statistics updates its running averages.
+    mutable = ['batch_stats'] if self._imagenet_modules and not m.frozen_batch_norm else False
     photos = jnp.concatenate([batch['positive'], batch['negative']])
-    mutable = False if m.frozen_batch_norm else ['batch_stats']
-    out = self.model.apply(variables, self._prepare(batch['sketch'], 'sketch'),
-                           self._prepare(photos, 'photo'), True, method='embed_pair',
-                           rngs={'dropout': rng}, mutable=mutable)
-    (anchor, photo_emb), updates = out if mutable else (out, {})
-    new_state = {'batch_stats': updates.get('batch_stats', variables['batch_stats'])}
+    if self.rgb:
+      variables = {
+          'params': rgb_dssa.freeze_backbone_layers(variables['params'],
+                                                    m.frozen_backbone_layers),
+          'batch_stats': variables['batch_stats']}
+      out = self.model.apply(variables, self._prepare(batch['sketch'], 'sketch'),
+                             self._prepare(photos, 'photo'), True, method='embed_pair',
+                             rngs={'dropout': rng}, mutable=mutable)
+    else:  # One branch: all three in one batch.
+      x = jnp.concatenate([batch['sketch'], photos])
+      out = self.model.apply(variables, self._prepare(x, 'sketch'), True, method=dssa.DSSA.embed,
+                             rngs={'dropout': rng}, mutable=mutable)
+    emb, updates = out if mutable else (out, {})
+    if self.rgb:
+      anchor, photo_emb = emb
+    else:
+      anchor, photo_emb = jnp.split(emb, [len(batch['sketch'])])
+    new_state = ({'batch_stats': updates.get('batch_stats', variables['batch_stats'])}
+                 if self._imagenet_modules else {})
     return (anchor, *jnp.split(photo_emb, 2), new_state)
 
   def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
