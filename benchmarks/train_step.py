@@ -1,7 +1,10 @@
-"""Train-step throughput of DSSA (full model, HOLEF) at the paper's 225x225
-input and at the `cpu` variant's size. Prints one JSON object.
+"""Train-step throughput of DSSA (full model, HOLEF) on each trunk
+(Sketch-a-Net; the ImageNet EfficientNet-Lite0 of the `imagenet` variant) at
+the paper-sized input (225 / 224) and at the `cpu` variant's size. Prints one
+JSON object: compile time, seconds per step, triplets/s per setting.
 
   python -m benchmarks.train_step [--steps=5] [--batch_size=16]
+      [--variants=';cpu;imagenet;imagenet,cpu'] [--frozen_trunk_layers=12]
   python -m benchmarks.train_step --config=configs/shoes_rgb.py:cpu,rgb_two_towers
 
 With --config, only that FG-SBIR config is measured, at its own batch size
@@ -28,6 +31,11 @@ from sbir_jax.core import trainer
 
 flags.DEFINE_integer('steps', 5, 'Timed steps per setting (after warm-up).')
 flags.DEFINE_integer('batch_size', 16, 'Triplets per step.')
+flags.DEFINE_string('variants', ';cpu;imagenet;imagenet,cpu',
+                    'configs/shoes.py variants to measure, settings separated by ";" '
+                    '(an empty one = the paper config).')
+flags.DEFINE_integer('frozen_trunk_layers', None,
+                     'Override config.model.frozen_trunk_layers (EfficientNet trunk).')
 config_flags.DEFINE_config_file('config', None,
                                 'Measure only this FG-SBIR config[:variants].')
 FLAGS = flags.FLAGS
@@ -68,7 +76,11 @@ def measure(config: ml_collections.ConfigDict, steps: int) -> dict:
 def _measure_variant(variant: str) -> dict:
   config = fg_sbir_common.get_config('shoes', variant)
   config.batch_size = FLAGS.batch_size
-  return {'variant': variant or 'paper', **measure(config, FLAGS.steps)}
+  if FLAGS.frozen_trunk_layers is not None:
+    config.model.frozen_trunk_layers = FLAGS.frozen_trunk_layers
+  return {'variant': variant or 'paper', 'trunk': config.model.trunk,
+          'frozen_trunk_layers': config.model.frozen_trunk_layers,
+          **measure(config, FLAGS.steps)}
 
 
 def _measure_config_flag() -> dict:
@@ -83,7 +95,7 @@ def main(_):
   if FLAGS.config is not None:
     results = [_measure_config_flag()]
   else:
-    results = [_measure_variant(''), _measure_variant('cpu')]
+    results = [_measure_variant(v) for v in FLAGS.variants.split(';')]
   print(json.dumps({
       'benchmark': 'dssa_train_step',
       'backend': jax.default_backend(), 'devices': jax.device_count(),

@@ -107,7 +107,7 @@ def trunk_maps():
     variables = state_lib.variables_of(*jax.jit(task.init_variables)(jax.random.key(0)))
     size = config.data.crop_size
     grey = _real_photos(4, size).mean(axis=-1, keepdims=True).astype(np.uint8)
-    maps = jax.jit(lambda v, x: task.model.apply(v, task._prepare(x, 'sketch'),
+    maps = jax.jit(lambda v, x: task.model.apply(v, task.prepare_inputs(x, 'sketch'),
                                                  method='trunk_map'))(variables, grey)
     out[trunk] = np.asarray(maps)
   return out
@@ -199,14 +199,15 @@ def imagenet_learning_config(tfds_dir: str, qmul_v1_dir: str):
   config.batch_size = 16
   config.model.frozen_trunk_layers = 12
   config.optimizer.learning_rate = 3e-4
-  config.eval.num_views = 2
+  config.eval.num_views = 1  # Centre crop: a fifth of the 10-view evaluation time.
   return config
 
 
 def test_imagenet_trunk_dssa_learns_on_shoe_v1(tfds_dir, qmul_v1_dir, tmp_path):
   # Chance acc@10 8.7 (115 test photos). The ImageNet trunk already retrieves
-  # from the start, so the run must beat its own untrained start. Measured
-  # (README "Learning tests"): see the thresholds' comment there.
+  # from the start, so the run must beat its own untrained start by 10.
+  # Measured (README "Learning tests"): untrained 33.0, trained 62.6, the
+  # same run with the loss sign flipped 8.7.
   config = imagenet_learning_config(tfds_dir, qmul_v1_dir)
   task = fg_sbir.Task(config, sharding.make_mesh())
   untrained = helpers.evaluate_split(

@@ -5,11 +5,15 @@ few training steps on the real Shoe V1 RGB files.
 Everything with EfficientNet runs under jit: op by op, its hundreds of small
 ops would each be compiled on their own, which is far slower.
 """
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from PIL import Image
 
 from configs import fg_sbir_common
 from sbir_jax import losses
@@ -22,6 +26,7 @@ from sbir_jax.models import depthwise
 from sbir_jax.models import dssa
 from sbir_jax.models import rgb_dssa
 from sbir_jax.tasks import fg_sbir
+from sbir_jax.tasks.fg_sbir import retrieval
 from tests import helpers
 
 DESIGNS = ('rgb_two_towers', 'rgb_shared_stem')
@@ -238,10 +243,31 @@ def test_rgb_model_name_without_its_variant_is_refused():
     _task(config)
 
 
-def test_few_training_steps_on_real_rgb_shoes(tfds_dir, tmp_path, weights):
-  config = helpers.tiny_config('shoes', tfds_dir, helpers.require_data('qmul_v1_rgb'),
+def test_few_training_steps_then_retrieve_on_real_rgb_shoes(tfds_dir, tmp_path, weights):
+  root = helpers.require_data('qmul_v1_rgb')
+  config = helpers.tiny_config('shoes', tfds_dir, root,
                                variants='tiny,rgb_two_towers', source='qmul_v1_rgb')
   config.model.pretrained_weights = weights
+  # 129 crops give the sketch tower a 3x3 attention map (97 crops: 1x1).
+  config.data.load_size, config.data.crop_size = 144, 129
   config.num_train_steps = config.checkpoint_every_steps = 2
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  config.eval.num_views = 1
+  workdir = str(tmp_path / 'run')
+  results = trainer.train_and_evaluate(config, workdir)
   assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100
+
+  # --mode=retrieve on this RGB checkpoint: the sketch through the sketch
+  # tower, a folder of real RGB photos through the photo tower.
+  gallery = tmp_path / 'photos'
+  gallery.mkdir()
+  for name in sorted(os.listdir(os.path.join(root, 'shoes/test/images')))[:6]:
+    shutil.copy(os.path.join(root, 'shoes/test/images', name), gallery)
+  query = os.path.join(root, 'shoes/test/sketches', '305.png')
+  out = retrieval.retrieve_mode(lambda: trainer.restore_for_mode(config, workdir),
+                                workdir, dict(query=query, gallery=str(gallery), top_k=4))
+  assert len(out['top']) == 4 and out['gallery_size'] == 6
+  assert out['true_match'] == '305.jpg', out  # Found by file name.
+  with Image.open(out['grid_png']) as image:
+    assert image.mode == 'RGB' and image.width > 4 * 160
+  with Image.open(out['attention_png']) as image:
+    assert image.width > 2 * 129

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from sbir_jax import edge_maps
 from sbir_jax.datasets import image_pipeline
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -24,8 +25,8 @@ class ImageFileError(ValueError):
   """A file given as an image (query or gallery) cannot be used."""
 
 
-def _grey_on_white(image: Image.Image) -> Image.Image:
-  """Any PIL mode -> 'L'; transparent pixels become white (sketch paper)."""
+def _on_white(image: Image.Image, rgb: bool = False) -> Image.Image:
+  """Any PIL mode -> 'L' (or 'RGB'); transparent pixels become white (paper)."""
   if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
     # Wide-range grey: scale to 8 bits instead of letting PIL clip at 255.
     values = np.asarray(image, np.float64)
@@ -37,11 +38,17 @@ def _grey_on_white(image: Image.Image) -> Image.Image:
     image = Image.alpha_composite(white, rgba)
   if image.mode not in ('L', 'RGB'):
     image = image.convert('RGB')  # CMYK, YCbCr, P, 1, ...
-  return image.convert('L')
+  return image.convert('RGB' if rgb else 'L')
 
 
 def read_grey_image(path: str) -> np.ndarray:
-  """The image at `path` as (RAW_SIZE, RAW_SIZE) uint8 grey on white.
+  """The image at `path` as (RAW_SIZE, RAW_SIZE) uint8 grey on white."""
+  return read_image(path, rgb=False)
+
+
+def read_image(path: str, rgb: bool) -> np.ndarray:
+  """The image at `path` as (RAW_SIZE, RAW_SIZE) uint8 grey (or (.., 3) RGB)
+  on white.
 
   Non-square pictures are padded with white to a square (a sketch is not
   stretched); any mode is converted; unreadable files are refused by name.
@@ -59,7 +66,7 @@ def read_grey_image(path: str) -> np.ndarray:
       image.seek(0)  # First frame of an animation.
       image.load()
       # Phone photos of paper sketches carry their rotation in EXIF.
-      grey = _grey_on_white(ImageOps.exif_transpose(image))
+      grey = _on_white(ImageOps.exif_transpose(image), rgb)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     # PIL: UnidentifiedImageError (an OSError) for non-images, OSError for
     # truncated data, DecompressionBombError for absurd sizes.
@@ -72,7 +79,7 @@ def read_grey_image(path: str) -> np.ndarray:
                          f'the data is {RAW_SIZE}x{RAW_SIZE}).')
   if width != height:
     side = max(width, height)
-    square = Image.new('L', (side, side), 255)
+    square = Image.new(grey.mode, (side, side), (255,) * len(grey.getbands()))
     square.paste(grey, ((side - width) // 2, (side - height) // 2))
     grey = square
   if grey.size != (RAW_SIZE, RAW_SIZE):
@@ -86,6 +93,21 @@ def load_image(path: str, load_size: int) -> np.ndarray:
   return image_pipeline.resize_images(grey, load_size)[0]
 
 
+def load_photo(path: str, load_size: int, photo_input: str,
+               stored_as_edges: bool) -> np.ndarray:
+  """A gallery photo as the model's training photos were: (load_size,
+  load_size, 3) RGB for photo_input 'rgb', else a (.., 1) edge map, made by
+  `edge_maps.py` from the photo unless the files already are edge maps
+  (stored_as_edges: QMUL V1 ships only those)."""
+  if photo_input == 'rgb' or not stored_as_edges:
+    image = read_image(path, rgb=True)[None]
+    if photo_input != 'rgb':
+      image = edge_maps.edge_maps(image)
+  else:
+    image = read_grey_image(path)[None, ..., None]
+  return image_pipeline.resize_images(image, load_size)[0]
+
+
 def load_query(path: str, load_size: int) -> np.ndarray:
   """A query sketch at load size; refuses a blank picture (nothing to match)."""
   image = load_image(path, load_size)
@@ -95,9 +117,9 @@ def load_query(path: str, load_size: int) -> np.ndarray:
   return image
 
 
-def centre_crop(images_NxSxSx1: np.ndarray, crop_size: int) -> np.ndarray:
+def centre_crop(images_NxSxSxC: np.ndarray, crop_size: int) -> np.ndarray:
   """The evaluation's one-view crop (`ten_views` with one view)."""
-  return image_pipeline.ten_views(images_NxSxSx1, crop_size, num_views=1)[:, 0]
+  return image_pipeline.ten_views(images_NxSxSxC, crop_size, num_views=1)[:, 0]
 
 
 def list_images(folder: str) -> list[str]:

@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from sbir_jax import pictures
-from sbir_jax.datasets import image_pipeline
 from sbir_jax.tasks.fg_sbir import gallery_file
 from sbir_jax.tasks.fg_sbir import gallery_index
 from sbir_jax.tasks.fg_sbir import query_images
@@ -56,7 +55,8 @@ def _gallery_picture(gallery: gallery_file.Gallery, row: int, test_photos,
                      size: int) -> np.ndarray:
   """What to show for gallery row `row`: the photo, or a grey tile if gone."""
   if gallery.source == 'test' and test_photos is not None:
-    return test_photos[row][..., 0]
+    photo = test_photos[row]
+    return photo[..., 0] if photo.shape[-1] == 1 else photo
   path = os.path.join(gallery.source, str(gallery.ids[row]))
   try:
     with Image.open(path) as image:
@@ -125,7 +125,10 @@ def retrieve(task: Any, state: Any, workdir: str, query: str,
   variables = state.variables
   params = state.params
   fingerprint = gallery_file.model_fingerprint(config, task.model.output_dim, params)
-  embed = functools.partial(task.embed_images, variables)
+  # The query goes through the sketch layers, the gallery through the photo
+  # layers (the same branch for DSSA; their own for the RGB models).
+  embed_sketches = functools.partial(task.embed_images, variables, domain='sketch')
+  embed_photos = functools.partial(task.embed_images, variables, domain='photo')
   chunk = config.eval.batch_size * 8
 
   # --- Gallery: cached file, or embed once -------------------------------------
@@ -155,10 +158,14 @@ def retrieve(task: Any, state: Any, workdir: str, query: str,
       else:
         source = os.path.abspath(gallery)
         ids = np.array(query_images.list_images(source))
+        # Photos as the model was trained on them: RGB, or edge maps.
+        photo_input = data.get('photo_input', 'edge')
+        stored_as_edges = data.source == 'qmul_v1'
         read = lambda a, b: query_images.centre_crop(np.stack(
-            [query_images.load_image(os.path.join(source, n), data.load_size)
+            [query_images.load_photo(os.path.join(source, n), data.load_size,
+                                     photo_input, stored_as_edges)
              for n in ids[a:b]]), data.crop_size)
-      embeddings = embed_gallery(embed, len(ids), read, chunk_size=chunk)
+      embeddings = embed_gallery(embed_photos, len(ids), read, chunk_size=chunk)
       items = gallery_file.Gallery(embeddings, ids, fingerprint, source)
       if jax.process_index() == 0:
         gallery_file.save_gallery(cache, items)
@@ -170,7 +177,7 @@ def retrieve(task: Any, state: Any, workdir: str, query: str,
   index = gallery_index.GalleryIndex(items.embeddings, scorer, mesh)
   k = min(top_k, index.size)
   crop = query_images.centre_crop(query_image[None], data.crop_size)
-  q_1xD = embed(crop)
+  q_1xD = embed_sketches(crop)
   top_scores, top_rows = index.search(q_1xD, k)
   top_scores, top_rows = top_scores[0], top_rows[0]
 
@@ -202,11 +209,11 @@ def retrieve(task: Any, state: Any, workdir: str, query: str,
     pictures.results_grid(query_image[..., 0], photos, captions,
                           int(hits[0]) if len(hits) else None, note).save(grid_path)
   mask = None
-  if config.model.attention:
-    mask = task.model.apply(
-        variables,
-        image_pipeline.normalize(jnp.asarray(crop), config.pixel_mean, config.input_scale),
-        method=dssa.DSSA.attention_mask)
+  # DSSA and the RGB two-tower model's sketch tower attend; the shared-stem
+  # model has no attention. The mask is at the trunk map's size.
+  if isinstance(task.model, dssa.DSSA) and task.model.attention:
+    mask = task.model.apply(variables, task.prepare_inputs(jnp.asarray(crop), 'sketch'),
+                            method=dssa.DSSA.attention_mask)
     if jax.process_index() == 0:
       pictures.attention_overlay(crop[0, ..., 0],
                                  np.asarray(mask)[0, ..., 0]).save(attention_path)

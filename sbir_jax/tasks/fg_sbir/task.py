@@ -166,7 +166,7 @@ class FgSbirTask:
     return image_pipeline.normalize(images, self.config.pixel_mean,
                                     self.config.input_scale)
 
-  def _prepare(self, images, domain: str):
+  def prepare_inputs(self, images, domain: str):
     """Model input: EfficientNet layers get the (x - 127) / 128 scaling their
     ImageNet weights were trained with (RGB photos, and every input of an
     EfficientNet-trunk DSSA); Sketch-a-Net inputs the configured mean and
@@ -187,12 +187,12 @@ class FgSbirTask:
           'params': rgb_dssa.freeze_backbone_layers(variables['params'],
                                                     m.frozen_backbone_layers),
           'batch_stats': variables['batch_stats']}
-      out = self.model.apply(variables, self._prepare(batch['sketch'], 'sketch'),
-                             self._prepare(photos, 'photo'), True, method='embed_pair',
+      out = self.model.apply(variables, self.prepare_inputs(batch['sketch'], 'sketch'),
+                             self.prepare_inputs(photos, 'photo'), True, method='embed_pair',
                              rngs={'dropout': rng}, mutable=mutable)
     else:  # One branch: all three in one batch.
       x = jnp.concatenate([batch['sketch'], photos])
-      out = self.model.apply(variables, self._prepare(x, 'sketch'), True, method=dssa.DSSA.embed,
+      out = self.model.apply(variables, self.prepare_inputs(x, 'sketch'), True, method=dssa.DSSA.embed,
                              rngs={'dropout': rng}, mutable=mutable)
     emb, updates = out if mutable else (out, {})
     if self.rgb:
@@ -246,7 +246,7 @@ class FgSbirTask:
     def make(domain):
       method = rgb_dssa.embed_method(domain) if self.rgb else dssa.DSSA.embed
       def embed(variables, images):
-        return self.model.apply(variables, self._prepare(images, domain), method=method)
+        return self.model.apply(variables, self.prepare_inputs(images, domain), method=method)
       return jax.jit(embed, out_shardings=sharding.replicated(self.mesh))
     if self.rgb:
       return {domain: make(domain) for domain in rgb_dssa.DOMAINS}

@@ -1,0 +1,79 @@
+"""The rows of DSSA's ablation tables (ICCV 2017, Tables 2-5) on one dataset
+and trunk: trains and tests each row (one seed each, said so in the table),
+then prints one JSON object and the Markdown table (validation beside test,
+training time per row) and, with --readme, rewrites the README block
+<!-- results:dssa_tables_<dataset>_<trunk> -->.
+
+  python -m benchmarks.dssa_tables --dataset=shoes [--trunk=imagenet]
+      [--rows=base,cff,holef,full] [--set=num_train_steps=200] [--readme=README.md]
+
+Rows (configs/fg_sbir/common.py variants): Table 2 base (Triplet SN), +CFF,
++HOLEF, full; Table 3 with and without attention; Table 4 with and without
+the shortcut; Table 5 the energies (Euclidean, weighted Euclidean,
+Mahalanobis, HOLEF) on the full model. Each row runs
+`python -m sbir_jax.main --config=configs/<dataset>.py:<trunk>,cpu,<row>`
+through `sbir_jax.experiments` (records under results/<study>/; a row whose
+record exists is skipped, so a stopped run resumes).
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from sbir_jax import experiments
+
+# Row name -> variants after the trunk and the cpu recipe.
+ROWS = {
+    'base': 'base', '+CFF': 'cff', '+HOLEF': 'holef', 'full': 'full',
+    'full, no attention': 'full,no_attention', 'full, no shortcut': 'full,no_shortcut',
+    'full, Euclidean': 'full,euclidean', 'full, weighted Euclidean': 'full,weighted',
+    'full, Mahalanobis': 'full,mahalanobis',
+}
+ROW_KEYS = {v: k for k, v in ROWS.items()}
+TRUNKS = ('imagenet', 'sketch_a_net')
+DATASETS = ('shoes', 'chairs', 'handbag', 'chair_v2', 'shoes_rgb')
+
+flags.DEFINE_enum('dataset', 'shoes', DATASETS, 'configs/<dataset>.py.')
+flags.DEFINE_enum('trunk', 'imagenet', TRUNKS, 'The trunk (sketch_a_net: the paper\'s).')
+flags.DEFINE_list('rows', list(ROWS.values()), 'Rows to run, as their variants.')
+flags.DEFINE_integer('seed', 0, 'One seed per ablation row.')
+flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
+flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
+flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
+flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+FLAGS = flags.FLAGS
+
+
+def config_arg(dataset: str, trunk: str, row: str) -> str:
+  prefix = '' if trunk == 'sketch_a_net' else f'{trunk},'
+  return f'configs/{dataset}.py:{prefix}cpu,{row}'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = [r for r in FLAGS.rows if r not in ROW_KEYS]
+  if unknown:
+    raise app.UsageError(f'--rows: unknown {unknown}; use some of {list(ROW_KEYS)}.')
+  study = f'dssa_tables_{FLAGS.dataset}_{FLAGS.trunk}'
+  for row in FLAGS.rows:
+    experiments.run_seeds(study, config_arg(FLAGS.dataset, FLAGS.trunk, row), [FLAGS.seed],
+                          FLAGS.set, f'{ROW_KEYS[row]} (one seed)', FLAGS.results_root,
+                          FLAGS.workdir_root)
+  records = experiments.load_records(study, FLAGS.results_root)
+  print(json.dumps({'study': study, 'rows': [
+      {k: r[k] for k in ('label', 'command', 'val', 'test', 'train_seconds', 'seed')}
+      for r in records]}, indent=2))
+  body = experiments.table(records)
+  print(body)
+  if FLAGS.readme:
+    with open(FLAGS.readme) as f:
+      text = f.read()
+    with open(FLAGS.readme + '.tmp', 'w') as f:
+      f.write(experiments.replace_block(text, study, body))
+    os.replace(FLAGS.readme + '.tmp', FLAGS.readme)
+
+
+if __name__ == '__main__':
+  app.run(main)
