@@ -11,7 +11,8 @@ Rows (configs/fg_sbir/common.py variants): Table 2 base (Triplet SN), +CFF,
 +HOLEF, full; Table 3 with and without attention; Table 4 with and without
 the shortcut; Table 5 the energies (Euclidean, weighted Euclidean,
 Mahalanobis, HOLEF) on the full model. Each row runs
-`python -m sbir_jax.main --config=configs/<dataset>.py:<trunk>,cpu,<row>`
+`python -m sbir_jax.main --config=configs/<dataset>.py:imagenet_cpu,<row>`
+(or `cpu,<row>` for the Sketch-a-Net trunk)
 through `sbir_jax.experiments` (records under results/<study>/; a row whose
 record exists is skipped, so a stopped run resumes).
 """
@@ -46,8 +47,8 @@ FLAGS = flags.FLAGS
 
 
 def config_arg(dataset: str, trunk: str, row: str) -> str:
-  prefix = '' if trunk == 'sketch_a_net' else f'{trunk},'
-  return f'configs/{dataset}.py:{prefix}cpu,{row}'
+  recipe = 'cpu' if trunk == 'sketch_a_net' else 'imagenet_cpu'
+  return f'configs/{dataset}.py:{recipe},{row}'
 
 
 def main(argv):

@@ -215,3 +215,21 @@ def test_imagenet_trunk_dssa_learns_on_shoe_v1(tfds_dir, qmul_v1_dir, tmp_path):
       'test')
   results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['test_acc@10'] >= untrained['acc@10'] + 10.0, (results, untrained)
+
+
+def test_rgb_designs_with_the_imagenet_trunk():
+  # Two towers: the sketch tower is DSSA on the Lite0 trunk (both ImageNet
+  # initialised, both inputs EfficientNet-scaled); the shared-stem model
+  # has no DSSA trunk, so the variant is refused there.
+  config = fg_sbir_common.get_config('shoes', 'imagenet,tiny,rgb_two_towers',
+                                     source='qmul_v1_rgb')
+  task = fg_sbir.Task(config, sharding.make_mesh())
+  params, model_state = jax.eval_shape(task.init_variables, jax.random.key(0))
+  assert {'trunk', 'backbone'} <= set(params) and 'trunk' in model_state['batch_stats']
+  assert params['trunk']['conv_stem']['kernel'].shape == (3, 3, 1, 32)
+  sketch = np.full((1, 8, 8, 1), 255, np.uint8)
+  np.testing.assert_allclose(task.prepare_inputs(sketch, 'sketch'), 128 / 128)
+  config = fg_sbir_common.get_config('shoes', 'imagenet,tiny,rgb_shared_stem',
+                                     source='qmul_v1_rgb')
+  with pytest.raises(ValueError, match='rgb_shared_stem embeds both domains'):
+    fg_sbir.Task(config, sharding.make_mesh())

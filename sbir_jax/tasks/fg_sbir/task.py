@@ -47,18 +47,27 @@ def _dssa_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   m = config.model
-  if m.name == 'dssa':
-    return dssa.DSSA(**_dssa_fields(config), trunk=dssa.check_trunk(m.trunk),
-                     frozen_batch_norm=m.frozen_batch_norm,
-                     frozen_trunk_layers=m.frozen_trunk_layers,
-                     drop_connect_rate=m.drop_connect_rate)
-  if m.name not in RGB_MODELS:
+  if m.name not in ('dssa', *RGB_MODELS):
     raise ValueError(f'config.model.name={m.name!r}; the fg_sbir task knows '
                      f'"dssa", {", ".join(map(repr, RGB_MODELS))}.')
-  rgb = dict(frozen_batch_norm=m.frozen_batch_norm, drop_connect_rate=m.drop_connect_rate)
+  efficientnet = dict(frozen_batch_norm=m.frozen_batch_norm,
+                      drop_connect_rate=m.drop_connect_rate)
+  # DSSA's trunk: DSSA itself, and the sketch tower of the two-tower model.
+  trunk = dict(trunk=dssa.check_trunk(m.trunk), frozen_trunk_layers=m.frozen_trunk_layers)
+  if m.name == 'dssa':
+    return dssa.DSSA(**_dssa_fields(config), **trunk, **efficientnet)
   if m.name == 'rgb_two_towers':
-    return rgb_dssa.TwoTowers(**_dssa_fields(config), **rgb)
-  return rgb_dssa.SharedStem(embed_dim=m.embed_dim, energy=config.loss.energy, **rgb)
+    if m.trunk not in (dssa.SKETCH_A_NET, 'efficientnet_lite0'):
+      raise ValueError(f'config.model.trunk={m.trunk!r} with rgb_two_towers: its photo '
+                       'tower is Lite0, so the sketch tower takes sketch_a_net or '
+                       'efficientnet_lite0 (the `imagenet` variant).')
+    return rgb_dssa.TwoTowers(**_dssa_fields(config), **trunk, **efficientnet)
+  if m.trunk != dssa.SKETCH_A_NET:
+    raise ValueError(f'config.model.trunk={m.trunk!r}: rgb_shared_stem embeds both '
+                     'domains with its one EfficientNet-Lite0 and has no DSSA trunk; '
+                     'drop the `imagenet` variant, or use rgb_two_towers.')
+  return rgb_dssa.SharedStem(embed_dim=m.embed_dim, energy=config.loss.energy,
+                             **efficientnet)
 
 
 def _check_rgb_config(config: ml_collections.ConfigDict) -> None:
@@ -108,17 +117,19 @@ class FgSbirTask:
     self.rgb = config.model.name in RGB_MODELS
     if self.rgb:
       _check_rgb_config(config)
-    else:
-      _check_frozen_by_optimizer(config, _trunk_frozen_prefixes(config),
-                                 'frozen_trunk_layers')
-    # The ImageNet-initialised submodules, if any.
-    if self.rgb:
-      self._imagenet_modules, self._variant = rgb_dssa.PRETRAINED_MODULES, 'lite0'
-    elif config.model.trunk in dssa.EFFICIENTNET_TRUNKS:
-      self._imagenet_modules = ('trunk',)
-      self._variant = dssa.EFFICIENTNET_TRUNKS[config.model.trunk]
-    else:
-      self._imagenet_modules, self._variant = (), None
+    _check_frozen_by_optimizer(config, _trunk_frozen_prefixes(config),
+                               'frozen_trunk_layers')
+    # The ImageNet-initialised submodules (all of one variant), and the
+    # domains whose inputs go through EfficientNet layers.
+    imagenet_trunk = config.model.trunk in dssa.EFFICIENTNET_TRUNKS
+    self._imagenet_modules = ((rgb_dssa.PRETRAINED_MODULES if self.rgb else ())
+                              + (('trunk',) if imagenet_trunk else ()))
+    self._variant = (dssa.EFFICIENTNET_TRUNKS[config.model.trunk] if imagenet_trunk
+                     else 'lite0')
+    # (DSSA's one trunk embeds both domains; the RGB models' photo layers are
+    # always EfficientNet.)
+    self._efficientnet_domains = (({'sketch'} if imagenet_trunk else set())
+                                  | ({'photo'} if self.rgb or imagenet_trunk else set()))
     self._views = {}  # split -> (sketch views, photo views), built once.
 
   @functools.cached_property
@@ -171,7 +182,7 @@ class FgSbirTask:
     ImageNet weights were trained with (RGB photos, and every input of an
     EfficientNet-trunk DSSA); Sketch-a-Net inputs the configured mean and
     scale."""
-    if (self.rgb and domain == 'photo') or (not self.rgb and self._variant):
+    if domain in self._efficientnet_domains:
       return efficientnet_lite.preprocess(images, size=None)
     return self._normalize(images)
 
