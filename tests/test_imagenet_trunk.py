@@ -187,7 +187,7 @@ def test_sketch_a_net_run_into_the_efficientnet_trunk_is_refused(monkeypatch):
     warm_start.warm_start(params, 'some_run', sharding.replicated(mesh))
 
 
-LEARNING_STEPS = 60
+LEARNING_STEPS = 40
 
 
 def imagenet_learning_config(tfds_dir: str, qmul_v1_dir: str):
@@ -206,7 +206,7 @@ def imagenet_learning_config(tfds_dir: str, qmul_v1_dir: str):
 def test_imagenet_trunk_dssa_learns_on_shoe_v1(tfds_dir, qmul_v1_dir, tmp_path):
   # Chance acc@10 8.7 (115 test photos). The ImageNet trunk already retrieves
   # from the start, so the run must beat its own untrained start by 10.
-  # Measured (README "Learning tests"): untrained 33.0, trained 62.6, the
+  # Measured (README "Learning tests"): untrained 33.0, trained 59.1, the
   # same run with the loss sign flipped 8.7.
   config = imagenet_learning_config(tfds_dir, qmul_v1_dir)
   task = fg_sbir.Task(config, sharding.make_mesh())
