@@ -55,3 +55,16 @@ def batch_negatives_hinge(energy_BxN: jax.Array, positive_energy_B: jax.Array,
   hinge_BxN = jax.nn.relu(margin + positive_energy_B[:, None] - energy_BxN)
   valid = valid_negative_BxN.astype(hinge_BxN.dtype)
   return jnp.sum(hinge_BxN * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def hardest_negative_hinge(energy_BxN: jax.Array, positive_energy_B: jax.Array,
+                           valid_negative_BxN: jax.Array, margin: float) -> jax.Array:
+  """Triplet hinge of each anchor against its hardest valid negative in the
+  batch (lowest energy; "batch hard", Hermans et al. 2017), averaged over the
+  anchors that have one. Unlike the mean over all pairs, the easy negatives
+  that already clear the margin do not dilute the gradient."""
+  hardest_B = jnp.min(jnp.where(valid_negative_BxN, energy_BxN, jnp.inf), axis=1)
+  has_negative_B = jnp.any(valid_negative_BxN, axis=1)
+  hinge_B = jnp.where(has_negative_B,
+                      jax.nn.relu(margin + positive_energy_B - hardest_B), 0.0)
+  return jnp.sum(hinge_B) / jnp.maximum(jnp.sum(has_negative_B), 1)

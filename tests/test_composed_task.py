@@ -103,7 +103,7 @@ def test_efficientnet_backbone_gets_imagenet_weights(tfds_dir):
       imagenet['batch_stats']['bn0']['mean'])
   batch = next(task.train_batches(0))
   batch = {k: v[:2] for k, v in batch.items()}
-  loss, _ = task.loss_fn(params, model_state, batch, jax.random.key(1))  # BN stats passed.
+  loss, _ = jax.jit(task.loss_fn)(params, model_state, batch, jax.random.key(1))  # BN stats passed.
   assert np.isfinite(float(loss))
 
 
@@ -214,3 +214,18 @@ def test_cosine_schedule_scales_the_trainers_step():
   config.optimizer.schedule = 'step'
   with pytest.raises(ValueError, match='config.optimizer.schedule'):
     optim.make_optimizer(config.optimizer, config.num_train_steps)
+
+
+def test_adamw_decay_is_decoupled_from_the_gradient_statistics():
+  config = css.get_config('tiny')
+  config.optimizer.update(name='adamw', learning_rate=0.1, weight_decay=0.5)
+  params = {'w': np.full(2, 2.0, np.float32)}
+  grads = {'w': np.array([1e-3, 1.0], np.float32)}
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # First Adam step is lr * sign(g) whatever |g|; AdamW adds lr * wd * w.
+  np.testing.assert_allclose(updates['w'], -0.1 * (1.0 + 0.5 * 2.0), rtol=1e-3)
+  config.optimizer.name = 'adam'  # L2 in the gradient: normalised away by Adam.
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.1, rtol=1e-3)

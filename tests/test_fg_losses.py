@@ -2,7 +2,10 @@
 import jax.numpy as jnp
 import pytest
 
+from configs import fg_sbir_common
 from sbir_jax import losses
+from sbir_jax.core import sharding
+from sbir_jax.tasks import fg_sbir
 
 
 def test_triplet_hinge():
@@ -20,3 +23,26 @@ def test_batch_negatives_hinge_ignores_invalid_pairs():
   # Valid hinges: max(0, .3+.1-.5)=0, max(0, .3+.1-.2)=.2, max(0, .3+.4-.9)=0.
   value = losses.batch_negatives_hinge(energy, positive, valid, 0.3)
   assert float(value) == pytest.approx(0.2 / 3)
+
+
+def test_hardest_negative_hinge_takes_each_anchors_closest_valid_negative():
+  energy = jnp.array([[0.1, 0.5, 0.2],
+                      [0.9, 0.0, 0.0],
+                      [0.3, 0.3, 0.3]])
+  positive = jnp.array([0.1, 0.4, 0.2])
+  valid = jnp.array([[False, True, True],
+                     [True, False, False],
+                     [False, False, False]])  # Anchor 2 has no negative.
+  # Anchor 0: hardest valid 0.2 (the invalid 0.1 is skipped): .3+.1-.2 = .2;
+  # anchor 1: only 0.9 is valid: max(0, .3+.4-.9) = 0.
+  value = losses.hardest_negative_hinge(energy, positive, valid, 0.3)
+  assert float(value) == pytest.approx(0.2 / 2)
+  # The mean over all valid pairs is smaller: easy pairs dilute it.
+  assert float(losses.batch_negatives_hinge(energy, positive, valid, 0.3)) < float(value)
+
+
+def test_unknown_negatives_option_is_refused():
+  config = fg_sbir_common.get_config('shoes', 'tiny')
+  config.loss.negatives = 'hard'
+  with pytest.raises(ValueError, match="config.loss.negatives='hard'.*'hardest'"):
+    fg_sbir.Task(config, sharding.make_mesh())

@@ -81,6 +81,7 @@ VARIANTS: dict[str, variants.Spec] = {
     'mahalanobis': {'loss.energy': 'mahalanobis'},
     'sampled_negatives': {'loss.negatives': 'sampled'},
     'batch_negatives': {'loss.negatives': 'batch'},
+    'hardest_negatives': {'loss.negatives': 'hardest'},
     'true_match': {'data.triplet_sampling': 'true_match'},
     # Finishes training + test on a 2-core CPU in under 30 minutes: inputs
     # resized 256 -> 144 and cropped to 129 (conv5 map 3x3 instead of 7x7),
@@ -188,6 +189,7 @@ def get_config(dataset: str, arg: str | None,
       holef_lambda=5e-4,  # Paper gives no value; our choice.
       # 'sampled': one negative per triplet (paper). 'batch': every other
       # photo of the batch is also a negative (more signal per image embedded).
+      # 'hardest': each anchor's hardest negative in the batch (batch hard).
       negatives='sampled',
   )
   config.optimizer.update(name='sgd', learning_rate=1e-3, momentum=0.9)

@@ -5,6 +5,7 @@ Each checkpoint carries its validation metrics and, under `selection`, the
 value of the run's `config.selection_metric`, so that eval and warm start
 pick the best step without knowing which metric a task selects on.
 """
+import functools
 from typing import Any, Optional, Union
 
 import flax.serialization
@@ -45,9 +46,22 @@ class _Manager(ocp.CheckpointManager):
       return None
 
 
+@functools.cache  # Once per process (Orbax logs each registration).
+def _save_cpu_arrays_without_replica_slices() -> None:
+  """On CPU, Orbax's default replica-parallel save copies every replicated
+  array as one slice per device, each in its own transfer: with 8 simulated
+  devices a 435-array EfficientNet state (27 MB) took 27 s to save instead of
+  0.9 s (Orbax already turns it off on GPU). One copy per array is enough."""
+  if jax.default_backend() == 'cpu':
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+        override=True)
+
+
 def make_manager(workdir: str, keep_latest: int = 1, read_only: bool = False
                  ) -> ocp.CheckpointManager:
   """Keeps the `keep_latest` newest steps and the best by its selection value."""
+  _save_cpu_arrays_without_replica_slices()
   metric = selection_value
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=keep_latest),

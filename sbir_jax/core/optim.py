@@ -1,11 +1,14 @@
 """One optimizer factory for every task, read from `config.optimizer`.
 
-  name            sgd (with `momentum`) | adam (with `b1`, `b2`)
+  name            sgd (with `momentum`) | adam (with `b1`, `b2`) | adamw
+                  (Adam with `weight_decay` decoupled from the gradient
+                  statistics, Loshchilov & Hutter)
   learning_rate   the base rate; `schedule` multiplies the final update:
   schedule        constant | cosine (linear warm-up over `warmup_steps`, then
                   cosine decay to 0 at num_train_steps)
   grad_clip_norm  clip by global norm first (0 = off)
-  weight_decay    decoupled L2 added to the gradient (0 = off)
+  weight_decay    sgd, adam: L2, decay added to the gradient; adamw: decay
+                  added to Adam's update (0 = off)
   groups          {name: dict(prefix=..., <fields above to override>)}: the
                   parameters under `prefix` get their own optimizer (e.g.
                   CAAE's discriminator, with its own learning rate)
@@ -33,12 +36,15 @@ def _base_transform(opt: Any) -> optax.GradientTransformation:
     tx = optax.sgd(opt['learning_rate'], momentum=opt['momentum'] or None)
   elif opt['name'] == 'adam':
     tx = optax.adam(opt['learning_rate'], b1=opt['b1'], b2=opt['b2'])
+  elif opt['name'] == 'adamw':
+    tx = optax.adamw(opt['learning_rate'], b1=opt['b1'], b2=opt['b2'],
+                     weight_decay=opt['weight_decay'])
   else:
-    raise ValueError(f"config.optimizer.name={opt['name']!r}; use sgd or adam.")
+    raise ValueError(f"config.optimizer.name={opt['name']!r}; use sgd, adam or adamw.")
   chain = []
   if opt['grad_clip_norm']:
     chain.append(optax.clip_by_global_norm(opt['grad_clip_norm']))
-  if opt['weight_decay']:
+  if opt['weight_decay'] and opt['name'] != 'adamw':
     chain.append(optax.add_decayed_weights(opt['weight_decay']))
   return optax.chain(*chain, tx)
 

@@ -45,6 +45,14 @@ def _dssa_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
       energy=config.loss.energy, width_multiplier=m.width_multiplier)
 
 
+# config.loss.negatives other than the paper's 'sampled': the hinge against
+# the batch's other photos ('batch': mean over all of them; 'hardest': each
+# anchor's hardest one).
+BATCH_HINGES = {'batch': losses.batch_negatives_hinge,
+                'hardest': losses.hardest_negative_hinge}
+NEGATIVES = ('sampled', *BATCH_HINGES)
+
+
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   m = config.model
   if m.name not in ('dssa', *RGB_MODELS):
@@ -115,6 +123,9 @@ class FgSbirTask:
     self.mesh = mesh
     self.model = build_model(config)
     self.rgb = config.model.name in RGB_MODELS
+    if config.loss.negatives not in NEGATIVES:
+      raise ValueError(f'config.loss.negatives={config.loss.negatives!r}; use one of '
+                       f'{", ".join(map(repr, NEGATIVES))}.')
     if self.rgb:
       _check_rgb_config(config)
     _check_frozen_by_optimizer(config, _trunk_frozen_prefixes(config),
@@ -229,13 +240,13 @@ class FgSbirTask:
     margin = self.config.loss.margin
     if self.config.loss.negatives == 'sampled':  # The paper's triplets.
       hinge = losses.triplet_hinge(pos_e, neg_e, margin)
-    else:  # 'batch': every photo of the batch that is not the anchor's match.
+    else:  # Against the batch's photos that are not the anchor's match.
       photos = jnp.concatenate([positive, negative])
       photo_ids = jnp.concatenate([batch['positive_id'], batch['negative_id']])
       energy = apply(anchor, photos, method='pairwise_energy')
       valid = ((photo_ids[None, :] != batch['positive_id'][:, None])
                & (photo_ids[None, :] != batch['match_id'][:, None]))
-      hinge = losses.batch_negatives_hinge(energy, pos_e, valid, margin)
+      hinge = BATCH_HINGES[self.config.loss.negatives](energy, pos_e, valid, margin)
     reg = self.config.loss.holef_lambda * apply(method='energy_regulariser')
     metrics = {'hinge': hinge, 'energy_reg': reg,
                'triplet_order_acc': jnp.mean(pos_e < neg_e)}
