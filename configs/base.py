@@ -48,11 +48,11 @@ def base_config(task: str, *, batch_size: int,
   config.init_from = ''
   config.frozen = ()  # Parameter prefixes that never update, e.g. 'trunk/conv1'.
   config.optimizer = dict(
-      name='sgd',  # sgd | adam
+      name='sgd',  # sgd | adam | adamw (decay decoupled from Adam's statistics)
       learning_rate=1e-3,
       momentum=0.0,  # sgd only.
-      b1=0.9, b2=0.999,  # adam only.
-      weight_decay=0.0,
+      b1=0.9, b2=0.999,  # adam, adamw.
+      weight_decay=0.0,  # sgd, adam: L2 in the gradient; adamw: decoupled.
       grad_clip_norm=0.0,  # 0 = no clipping.
       # constant | cosine: linear warm-up over warmup_steps, then cosine
       # decay to 0 at num_train_steps.
