@@ -1,5 +1,7 @@
 """Triplet hinges on hand-built energies."""
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import fg_sbir_common
@@ -46,3 +48,26 @@ def test_unknown_negatives_option_is_refused():
   config.loss.negatives = 'hard'
   with pytest.raises(ValueError, match="config.loss.negatives='hard'.*'hardest'"):
     fg_sbir.Task(config, sharding.make_mesh())
+
+
+def test_task_loss_with_hardest_negatives_is_at_least_the_batch_mean():
+  # Same energies, two reductions: the hardest valid negative per anchor can
+  # only raise the hinge above the mean over all valid pairs.
+  config = fg_sbir_common.get_config('shoes', 'tiny,batch_negatives')
+  rng = np.random.default_rng(0)
+  size, b = config.data.crop_size, 8
+  batch = {k: rng.integers(0, 256, (b, size, size, 1), np.uint8)
+           for k in ('sketch', 'positive', 'negative')}
+  batch.update({'positive_id': np.arange(b, dtype=np.int32),
+                'match_id': np.arange(b, dtype=np.int32),
+                'negative_id': np.arange(b, 2 * b, dtype=np.int32),
+                'sketch_id': np.arange(b, dtype=np.int32)})
+  hinges = {}
+  for negatives in ('batch', 'hardest'):
+    config.unlock()
+    config.loss.negatives = negatives
+    task = fg_sbir.Task(config, sharding.make_mesh())
+    params, model_state = jax.jit(task.init_variables)(jax.random.key(0))
+    _, (metrics, _) = jax.jit(task.loss_fn)(params, model_state, batch, jax.random.key(1))
+    hinges[negatives] = float(metrics['hinge'])
+  assert hinges['hardest'] > hinges['batch'] > 0, hinges
