@@ -17,7 +17,6 @@ through `sbir_jax.experiments` (records under results/<study>/; a row whose
 record exists is skipped, so a stopped run resumes).
 """
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -69,11 +68,7 @@ def main(argv):
   body = experiments.table(records)
   print(body)
   if FLAGS.readme:
-    with open(FLAGS.readme) as f:
-      text = f.read()
-    with open(FLAGS.readme + '.tmp', 'w') as f:
-      f.write(experiments.replace_block(text, study, body))
-    os.replace(FLAGS.readme + '.tmp', FLAGS.readme)
+    experiments.rewrite_readme(FLAGS.readme, study, body)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,7 @@ RESULTS_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 TABLE_METRICS = {
     'fg_sbir': ('acc@1', 'acc@10'),
     'sketch_classification': ('acc@1', 'acc@5'),
-    'zs_sbir': ('P@200', 'mAP@200'),
+    'zs_sbir': ('mAP@all', 'P@25'),
     'composed': ('recall@1', 'recall@10'),
 }
 
@@ -133,8 +133,11 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     cells = [label, ','.join(str(r['seed']) for r in group)]
     cells += [_mean_std([r['val'].get(m, float('nan')) for r in group]) for m in metrics[:1]]
     cells += [_mean_std([r['test'][m] for r in group]) for m in metrics]
-    cells.append(f"{group[0]['trained_steps']} ({'/'.join(str(r['selected_step']) for r in group)})")
-    cells.append(f"{statistics.mean(r['train_seconds'] / 60 for r in group):.1f}")
+    if group[0]['trained_steps']:
+      cells.append(f"{group[0]['trained_steps']} ({'/'.join(str(r['selected_step']) for r in group)})")
+      cells.append(f"{statistics.mean(r['train_seconds'] / 60 for r in group):.1f}")
+    else:  # A parameter-free row (e.g. a baseline computed in another run).
+      cells += ['—', '—']
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -152,6 +155,16 @@ def replace_block(text: str, study: str, body: str) -> str:
   head, rest = text.split(start, 1)
   _, tail = rest.split(end, 1)
   return head + start + body + end + tail
+
+
+def rewrite_readme(readme: str, study: str, body: str) -> None:
+  """Replaces the study's block of the file `readme` (atomically: a failure
+  leaves the file as it was)."""
+  with open(readme) as f:
+    text = replace_block(f.read(), study, body)
+  with open(readme + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(readme + '.tmp', readme)
 
 
 def current_block(text: str, study: str) -> str:
@@ -188,10 +201,7 @@ def main(argv):
   body = table(load_records(FLAGS.study, FLAGS.results_root))
   print(body)
   if FLAGS.readme:
-    with open(FLAGS.readme) as f:
-      text = f.read()
-    with open(FLAGS.readme, 'w') as f:
-      f.write(replace_block(text, FLAGS.study, body))
+    rewrite_readme(FLAGS.readme, FLAGS.study, body)
 
 
 if __name__ == '__main__':

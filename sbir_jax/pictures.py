@@ -5,7 +5,9 @@ query, its top K photos best first, the true match outlined) and the DSSA
 attention mask over the sketch (`attention_overlay`, as the paper's Figures 4
 and 5); the composed task's `write_outputs` draws `save_examples_picture` (a
 few test queries: reference image, modification text, top results, hits in
-green). Images the models read (rendered strokes, generated CSS scenes) are
+green); the zero-shot task draws `category_results_sheet` (one unseen-class
+query sketch per row with its top photos, wrong-class results outlined red,
+as the ZS-SBIR paper's Fig. 3). Images the models read (rendered strokes, generated CSS scenes) are
 data, made in `strokes.py` and `datasets/`, not here.
 """
 from typing import Optional, Sequence
@@ -114,3 +116,39 @@ def save_examples_picture(path: str, reference_images: np.ndarray,
       sheet.paste(Image.fromarray(ranked_images[row, col]), (left + pad, top + pad))
   sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
   sheet.save(path)
+
+
+def category_results_sheet(queries: Sequence[np.ndarray], row_labels: Sequence[str],
+                           ranked: Sequence[Sequence[np.ndarray]],
+                           correct: np.ndarray, title: str = '',
+                           cell: int = 112) -> Image.Image:
+  """One row per query: its label, the query, then its top photos best first;
+  a photo of another class is outlined red, one of the query's class green.
+
+  queries: Q images; ranked: Q lists of T images; correct (Q, T) bool.
+  """
+  q, t = np.asarray(correct).shape
+  pad, label_width, head = 6, 90, 22
+  width = label_width + (t + 1) * (cell + 2 * pad) + pad
+  height = head + q * (cell + 2 * pad)
+  sheet = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(sheet)
+  draw.text((pad, 5), title or f'query, then top-{t} (red: wrong class)', fill='black')
+
+  def paste(image: np.ndarray, col: int, row: int, outline: str, border: int) -> None:
+    x = label_width + col * (cell + 2 * pad) + pad
+    y = head + row * (cell + 2 * pad) + pad
+    tile = Image.fromarray(np.asarray(image)).convert('RGB').resize(
+        (cell, cell), Image.Resampling.LANCZOS)
+    sheet.paste(tile, (x, y))
+    draw.rectangle((x - border, y - border, x + cell + border - 1, y + cell + border - 1),
+                   outline=outline, width=border)
+
+  for row in range(q):
+    draw.text((pad, head + row * (cell + 2 * pad) + cell // 2), row_labels[row],
+              fill='black')
+    paste(queries[row], 0, row, 'royalblue', 3)
+    for col in range(t):
+      ok = bool(correct[row, col])
+      paste(ranked[row][col], col + 1, row, 'green' if ok else 'red', 2 if ok else 5)
+  return sheet

@@ -64,3 +64,23 @@ def test_fingerprint_changes_with_content(tmp_path):
   second = records.fingerprint_files(str(tmp_path))
   assert first['files'] == second['files'] == 1
   assert first['sha256'] != second['sha256']
+
+
+def test_zero_shot_baseline_rows_come_from_a_trained_record():
+  from benchmarks import zs_tables
+  record = {'label': 'CVAE (mean of samples)', 'seed': 0, 'task': 'zs_sbir',
+            'trained_steps': 3000, 'selected_step': 3000, 'train_seconds': 60.0,
+            'val': {'mAP@all': 0.3, 'untrained_mAP@all': 0.2},
+            'test': {'mAP@all': 0.25, 'P@25': 0.2, 'untrained_mAP@all': 0.15,
+                     'untrained_P@25': 0.13}}
+  rows = zs_tables.baseline_records(record)
+  assert list(rows) == ['untrained']  # ESZSL / SAE were not evaluated.
+  assert rows['untrained']['test'] == {'mAP@all': 0.15, 'P@25': 0.13}
+  lines = experiments.table([rows['untrained'], record]).strip().split('\n')
+  assert lines[0].startswith('| run | seeds | val mAP@all | test mAP@all | test P@25 |')
+  assert lines[2].endswith('| 0.20 | 0.15 | 0.13 | — | — |')
+  assert lines[3].endswith('| 0.30 | 0.25 | 0.20 | 3000 (3000) | 1.0 |')
+  record['test'].update({'kmeans_mAP@all': 0.24, 'kmeans_P@25': 0.19})
+  kmeans = zs_tables.kmeans_record(record)
+  assert kmeans['label'] == zs_tables.KMEANS_ROW and kmeans['trained_steps'] == 3000
+  assert kmeans['test'] == {'mAP@all': 0.24, 'P@25': 0.19}

@@ -65,6 +65,32 @@ def test_subset_holds_the_papers_split(subset):
   assert set(sketches.photo_ids) <= set(photos.ids)
 
 
+def test_validation_classes_are_seen_and_disjoint_from_training(subset, tmp_path):
+  """16 of the 104 seen classes validate: their sketches query their photos;
+  no validation or test class is trained on, and the test gallery holds
+  only the unseen classes' photos."""
+  from sbir_jax.core import sharding
+  from sbir_jax.tasks.zs_sbir import task as zs_task
+  manual, tfds_dir = subset
+  config = zs_sketchy.get_config('tiny')
+  config.unlock()
+  config.data.update(manual_dir=manual, tfds_data_dir=tfds_dir)
+  config.features.update(extractor='pixels', dim=64, cache_dir=str(tmp_path))
+  splits = zs_task.ZsSbirTask(config, sharding.make_mesh()).splits
+  unseen = set(sketchy.read_unseen_classes(config.data.split_file))
+  train = set(splits['train'].sketch_labels) | set(splits['train'].photo_labels)
+  val = set(splits['val'].query_labels)
+  assert (len(train), len(val)) == (88, 16)
+  assert not train & val and not (train | val) & unseen
+  assert set(splits['val'].gallery_labels) == val
+  assert set(splits['test'].query_labels) == set(splits['test'].gallery_labels) == unseen
+  assert len(splits['test'].gallery) == 525
+  # The held-out classes depend on val_split_seed only, not on the run's seed.
+  config.seed = 7
+  again = zs_task.ZsSbirTask(config, sharding.make_mesh()).splits
+  assert set(again['val'].query_labels) == val
+
+
 def test_cvae_learns_unseen_class_retrieval(subset, tmp_path):
   manual, tfds_dir = subset
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')

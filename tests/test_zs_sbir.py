@@ -37,6 +37,7 @@ def _config(sketchy_data, variants='tiny'):
   config.data.split_file = split
   config.data.tfds_data_dir = tfds_dir
   config.features.cache_dir = cache
+  config.data.val_class_fraction = 0.5  # 2 seen classes here: 1 validates.
   return config
 
 
@@ -45,8 +46,9 @@ def test_tiny_cvae_trains_checkpoints_and_evaluates(sketchy_data, tmp_path):
   config = _config(sketchy_data)
   workdir = str(tmp_path / 'run')
   results = trainer.train_and_evaluate(config, workdir)
-  assert results['selected_checkpoint'] == 'latest'  # No val split on Sketchy.
-  assert results['selected_step'] == config.num_train_steps
+  # Selected on the held-out seen class (the tiny data's val split).
+  assert results['selected_checkpoint'] != 'latest'
+  assert 0.0 <= results['val_mAP@all'] <= 1.0
   for name in ('P@20', 'mAP@20', 'mAP@20_div_k', 'mAP@all', 'untrained_mAP@all'):
     assert 0.0 <= results[f'test_{name}'] <= 1.0, name
   assert results['test_mAP@20_div_k'] <= results['test_mAP@20']
@@ -54,14 +56,28 @@ def test_tiny_cvae_trains_checkpoints_and_evaluates(sketchy_data, tmp_path):
   assert evaluated['test_mAP@all'] == pytest.approx(results['test_mAP@all'])
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert set(saved) == {'train', 'eval_latest'}
+  # The paper's Fig. 3: one row per picture class present (bat, cabin here).
+  from PIL import Image
+  with Image.open(tmp_path / 'run' / 'retrieval_unseen.png') as im:
+    assert im.size[0] > 7 * 112 and im.size[1] > 2 * 112
 
 
 def test_tiny_caae_kmeans_and_regression_train(sketchy_data, tmp_path):
-  for variants in ('tiny,caae,kmeans', 'tiny,regression'):
+  for variants in ('tiny,caae,kmeans,also_kmeans', 'tiny,regression'):
     config = _config(sketchy_data, variants)
     config.num_train_steps = 2
     results = trainer.train_and_evaluate(config, str(tmp_path / variants))
     assert np.isfinite(results['test_mAP@all']), variants
+  # `also_kmeans` evaluates the same model and samples with k-means retrieval,
+  # which `kmeans` already is here: the two agree.
+  for split in ('val', 'test'):
+    assert results_kmeans(tmp_path, split) == pytest.approx(
+        results_kmeans(tmp_path, split, 'kmeans_'))
+
+
+def results_kmeans(tmp_path, split, prefix=''):
+  saved = json.loads((tmp_path / 'tiny,caae,kmeans,also_kmeans' / 'results.json').read_text())
+  return saved['train'][f'{split}_{prefix}mAP@all']
 
 
 def test_caae_kill_and_resume_matches_uninterrupted_run(sketchy_data, tmp_path):
@@ -83,8 +99,12 @@ def test_sketchy_queries_and_gallery_are_the_unseen_classes(sketchy_data):
   config = _config(sketchy_data)
   task = zs_task.ZsSbirTask(config, sharding.make_mesh())
   splits = task.splits
-  assert set(splits['train'].sketch_labels) == {'airplane', 'ant'}
-  assert np.sum(splits['train'].sketch_labels == 'airplane') == 40  # Capped.
+  # One of the two seen classes trains, the other validates (class-disjoint).
+  train_classes, val = set(splits['train'].sketch_labels), splits['val']
+  assert set(val.query_labels) == set(val.gallery_labels)
+  assert len(train_classes) == 1 and train_classes | set(val.query_labels) == {'airplane', 'ant'}
+  if train_classes == {'airplane'}:
+    assert np.sum(splits['train'].sketch_labels == 'airplane') == 40  # Capped.
   test = splits['test']
   assert set(test.query_labels) == set(test.gallery_labels) == {'bat', 'cabin'}
   # Each training sketch is paired with the photo it was drawn from.
@@ -102,7 +122,7 @@ def test_split_class_missing_from_data_is_named(sketchy_data, tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def test_extended_gallery_required_by_default(sketchy_data, tmp_path):
+def test_extended_gallery_required_when_asked(sketchy_data, tmp_path):
   config = _config(sketchy_data)
   config.data.gallery = 'extended'
   with pytest.raises(sketchy.SketchyError, match='no extended/ folder'):
@@ -139,3 +159,15 @@ def test_caps_apply_within_the_selection():
   np.testing.assert_array_equal(zs_task._capped(train_only, labels, ids, 1),
                                 [False, False, True, False, True])
   np.testing.assert_array_equal(zs_task._capped(train_only, labels, ids, 0), train_only)
+
+
+def test_validation_fraction_that_leaves_no_class_is_refused():
+  seen = ['ant', 'bat', 'cow']
+  data = zs_sketchy.get_config().data
+  for fraction in (0.0, 1.0):
+    data.val_class_fraction = fraction
+    with pytest.raises(sketchy.SketchyError, match='val_class_fraction.*no validation class'):
+      zs_task.validation_classes(seen, data)
+  data.val_class_fraction = 0.34
+  train, val = zs_task.validation_classes(seen, data)
+  assert len(val) == 1 and sorted(train + val) == seen

@@ -74,6 +74,9 @@ def base_config(eval_splits: tuple[str, ...]) -> ml_collections.ConfigDict:
       batch_size=64,  # Queries per step (a multiple of the devices).
       baselines=('untrained', 'eszsl', 'sae'),
       eszsl_gamma=1.0, eszsl_lambda=1.0, sae_lambda=0.2,  # Our choices.
+      # `retrieval_unseen.png`: the first test sketch of each class, top K.
+      picture_classes=(),
+      picture_top_k=6,
   )
   base.add_evals(config, type='precision_map', pred='scores', splits=eval_splits)
   # The parameter-free baselines of config.eval.baselines (none: nothing to
@@ -97,8 +100,19 @@ def _caae(config: ml_collections.ConfigDict) -> None:
       learning_rate=config.optimizer.get_oneway_ref('learning_rate'))
 
 
+def _also_kmeans(config: ml_collections.ConfigDict) -> None:
+  """The selected checkpoint is also evaluated with k-means retrieval
+  (<split>_kmeans_<metric>): one trained CVAE / CAAE gives both rows."""
+  for split in ('val', 'test'):
+    if split in config.evals:
+      base.add_eval(config, f'{split}_kmeans', type=config.evals[split].type,
+                    pred='scores_kmeans', split=split, every_steps=0,
+                    prefix=f'{split}_kmeans')
+
+
 VARIANTS: dict[str, variants.Spec] = {
     'cvae': {'model.name': 'cvae'},
+    'also_kmeans': _also_kmeans,
     'caae': _caae,
     'regression': {'model.name': 'regression'},
     'kmeans': {'eval.retrieval': 'kmeans'},

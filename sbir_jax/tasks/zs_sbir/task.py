@@ -25,21 +25,25 @@ optimizer's `discriminator` group gives it its own rate.
 """
 import dataclasses
 import functools
+import os
 from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
-from sbir_jax import ops
 from sbir_jax import image_sets
+from sbir_jax import ops
+from sbir_jax import pictures
 from sbir_jax.core import sharding
 from sbir_jax.tasks.zs_sbir import baselines
 from sbir_jax.tasks.zs_sbir import features
 from sbir_jax.datasets import quickdraw
 from sbir_jax.datasets import sketchy
 from sbir_jax.datasets import tu_berlin
+from sbir_jax.datasets import validation
 from sbir_jax.models import zs_baselines
 from sbir_jax.models import zs_caae
 from sbir_jax.models import zs_cvae
@@ -65,6 +69,9 @@ class EvalData:
   query_labels: np.ndarray  # (Q,) str
   gallery: np.ndarray  # (G, D)
   gallery_labels: np.ndarray  # (G,) str
+  # The images behind the features (for pictures), where the source has them.
+  query_images: image_sets.ImageSet | None = None
+  gallery_images: image_sets.ImageSet | None = None
 
   def __len__(self) -> int:
     return len(self.queries)
@@ -87,44 +94,87 @@ def _in(labels: np.ndarray, classes) -> np.ndarray:
 
 
 # --- Data sources ---------------------------------------------------------------
+def _gallery_set(builder, data: ml_collections.ConfigDict, photo):
+  """The photos the unseen classes are retrieved from (config.data.gallery)."""
+  has_extended = 'extended' in builder.info.splits
+  if data.gallery == 'auto':
+    if has_extended:
+      return sketchy.image_set(builder, 'extended')
+    logging.info('No Sketchy-Extended folder in %s: the gallery is the Sketchy '
+                 "photos of the unseen classes (config.data.gallery='sketchy'), "
+                 "not the paper's Sketchy-Extended.", data.manual_dir)
+    return photo
+  if data.gallery == 'extended':
+    if not has_extended:
+      raise sketchy.SketchyError(
+          f'config.data.gallery="extended" but {data.manual_dir} has no '
+          'extended/ folder (Sketchy-Extended photos). Add it, or use the '
+          'Sketchy photos: --config.data.gallery=sketchy (variant sketchy_gallery).')
+    return sketchy.image_set(builder, 'extended')
+  if data.gallery == 'sketchy':
+    return photo
+  raise ValueError(f'config.data.gallery={data.gallery!r}; use auto, extended or sketchy.')
+
+
+def validation_classes(seen: list[str], data: ml_collections.ConfigDict
+                       ) -> tuple[list[str], list[str]]:
+  """(train, val) classes: config.data.val_class_fraction of the seen classes
+  held out as pseudo-unseen ones, chosen by data.val_split_seed alone."""
+  kept, held = validation.hold_out(len(seen), data.val_class_fraction, data.val_split_seed)
+  if not len(held) or not len(kept):
+    raise sketchy.SketchyError(
+        f'config.data.val_class_fraction={data.val_class_fraction} of {len(seen)} '
+        'seen classes leaves no validation class or no training class; choose a '
+        'fraction that holds out at least one class and keeps one (default 0.15).')
+  return [seen[i] for i in kept], [seen[i] for i in held]
+
+
 def load_sketchy(data: ml_collections.ConfigDict, store_for) -> dict:
-  """train / test of the Sketchy zero-shot split (seen = every class not unseen)."""
+  """train / val / test of the Sketchy zero-shot split.
+
+  Seen = every class not listed as unseen; `validation_classes` holds some
+  seen classes out as pseudo-unseen ones (their sketches query their photos),
+  so checkpoints and hyper-parameters are chosen without the test classes.
+  """
   builder = sketchy.build(data.manual_dir, data.tfds_data_dir)
   sketch = sketchy.image_set(builder, 'sketch')
   photo = sketchy.image_set(builder, 'photo')
   unseen = sketchy.read_unseen_classes(data.split_file)
   seen, unseen = sketchy.zero_shot_split(sketch.labels, unseen, data.manual_dir)
-  if data.gallery == 'extended':
-    if 'extended' not in builder.info.splits:
-      raise sketchy.SketchyError(
-          f'config.data.gallery="extended" but {data.manual_dir} has no '
-          'extended/ folder (Sketchy-Extended photos). Add it, or use the '
-          'Sketchy photos: --config.data.gallery=sketchy (variant sketchy_gallery).')
-    gallery_set = sketchy.image_set(builder, 'extended')
-  elif data.gallery == 'sketchy':
-    gallery_set = photo
-  else:
-    raise ValueError(f'config.data.gallery={data.gallery!r}; use extended or sketchy.')
+  train_classes, val_classes = validation_classes(seen, data)
+  gallery_set = _gallery_set(builder, data, photo)
   sketchy.check_gallery(gallery_set.labels, unseen,
                         f'{gallery_set.name} of {data.manual_dir}')
   store = store_for(data.manual_dir)
 
-  train_mask = _capped(_in(sketch.labels, seen), sketch.labels, sketch.ids,
+  train_mask = _capped(_in(sketch.labels, train_classes), sketch.labels, sketch.ids,
                        data.max_train_sketches_per_class)
   train_sketch = sketch.select(train_mask)
   # Only the photos the training sketches were drawn from are ever used.
-  photo_mask = np.isin(photo.ids, train_sketch.photo_ids)
-  train_photo = photo.select(photo_mask)
+  train_photo = photo.select(np.isin(photo.ids, train_sketch.photo_ids))
   position = {k: i for i, k in enumerate(train_photo.ids.tolist())}
+  unpaired = sorted(set(train_sketch.photo_ids.tolist()) - set(position))
+  if unpaired:
+    raise sketchy.SketchyError(
+        f'{len(unpaired)} training sketch(es) of {data.manual_dir} were drawn from '
+        f'photos missing from its photo/ folder, e.g. {unpaired[:3]}: training pairs '
+        'need them. Copy the photo folder of the same Sketchy release.')
   photo_of_sketch = np.array([position[p] for p in train_sketch.photo_ids.tolist()])
-  query = sketch.select(_capped(_in(sketch.labels, unseen), sketch.labels,
-                                sketch.ids, data.max_queries_per_class))
-  gallery = gallery_set.select(_in(gallery_set.labels, unseen))
+
+  def retrieval(classes, gallery_images) -> EvalData:
+    query = sketch.select(_capped(_in(sketch.labels, classes), sketch.labels,
+                                  sketch.ids, data.max_queries_per_class))
+    gallery = gallery_images.select(_in(gallery_images.labels, classes))
+    return EvalData(store.get(query), query.labels, store.get(gallery), gallery.labels,
+                    query, gallery)
+
   return {
       'train': TrainData(store.get(train_sketch), train_sketch.labels,
                          store.get(train_photo), train_photo.labels, photo_of_sketch),
-      'test': EvalData(store.get(query), query.labels,
-                       store.get(gallery), gallery.labels),
+      # The photos of the held-out seen classes: Sketchy-Extended has no
+      # seen-class split of its own to draw a validation gallery from.
+      'val': retrieval(val_classes, photo),
+      'test': retrieval(unseen, gallery_set),
   }
 
 
@@ -312,10 +362,12 @@ class ZsSbirTask:
     return generator_loss + d_loss, (parts, dict(updates))
 
   # --- evaluation ------------------------------------------------------------------
-  @functools.cached_property
-  def _score_fn(self):
+  @functools.cache
+  def _score_fn(self, retrieval: str):
     """(params, queries (B, D) sharded, gallery (G, D) unit rows, rng) -> (B, G) cosine."""
     ecfg, name = self.config.eval, self.config.model.name
+    if retrieval not in RETRIEVALS:
+      raise ValueError(f'Retrieval {retrieval!r}; choose one of {RETRIEVALS}.')
 
     def score(variables, queries_BxD, gallery_GxD, rng):
       model_vars = _model_variables(variables)
@@ -327,7 +379,7 @@ class ZsSbirTask:
       sketch_BxSxD = jnp.broadcast_to(queries_BxD[:, None], (b, s, queries_BxD.shape[1]))
       decoded_BxSxD = self.model.apply(model_vars, z_BxSxZ, sketch_BxSxD,
                                        method=self.model.decode)
-      if ecfg.retrieval == 'average':
+      if retrieval == 'average':
         return ops.l2_normalize(decoded_BxSxD.mean(axis=1)) @ gallery_GxD.T
       centres_BxKxD = jax.vmap(lambda x: kmeans(x, ecfg.num_clusters,
                                                 ecfg.kmeans_iterations))(decoded_BxSxD)
@@ -338,9 +390,12 @@ class ZsSbirTask:
     return jax.jit(score, in_shardings=(rep, sharding.batch_sharding(self.mesh), rep, rep),
                    out_shardings=rep)
 
-  def score_batches(self, variables: dict, split: str) -> Iterator[tuple]:
-    """(scores (B, G), query labels (B,)) per eval batch of the split's queries."""
+  def score_batches(self, variables: dict, split: str,
+                    retrieval: str | None = None) -> Iterator[tuple]:
+    """(scores (B, G), query labels (B,)) per eval batch of the split's queries;
+    `retrieval` defaults to config.eval.retrieval."""
     data: EvalData = self.splits[split]
+    score_fn = self._score_fn(retrieval or self.config.eval.retrieval)
     batch = self.config.eval.batch_size
     gallery = jax.device_put(np.asarray(ops.l2_normalize(data.gallery), np.float32),
                              sharding.replicated(self.mesh))
@@ -348,18 +403,25 @@ class ZsSbirTask:
     chunks = sharding.row_chunks(data.queries, batch)
     for i, (n, queries) in enumerate(sharding.padded_global_batches(
         chunks, batch, self.mesh)):
-      scores = self._score_fn(variables, queries, gallery, jax.random.fold_in(base_rng, i))
+      scores = score_fn(variables, queries, gallery, jax.random.fold_in(base_rng, i))
       yield np.asarray(scores)[:n], data.query_labels[i * batch:i * batch + n]
 
   @property
   def predict_fns(self) -> dict:
     """'scores': streamed query x gallery scores (precision_map);
+    'scores_<retrieval>' (generative models): the same with that retrieval
+    from the decoded samples, so one trained model reports both;
     'features': the split's fixed features and the fitted ESZSL / SAE maps
     (the parameter-free baselines, `baselines.py`)."""
+    def scores(retrieval=None):
+      return lambda variables, split: {
+          'gallery_labels': self.splits[split].gallery_labels,
+          'batches': self.score_batches(variables, split, retrieval)}
+    by_retrieval = {} if self.config.model.name == 'regression' else {
+        f'scores_{r}': scores(r) for r in RETRIEVALS}
     return {
-        'scores': lambda variables, split: {
-            'gallery_labels': self.splits[split].gallery_labels,
-            'batches': self.score_batches(variables, split)},
+        'scores': scores(),
+        **by_retrieval,
         'features': lambda variables, split: {
             'data': self.splits[split], 'semantic_maps': self.semantic_maps},
     }
@@ -373,7 +435,29 @@ class ZsSbirTask:
     return baselines.fit_semantic_baseline(kind, train, semantic, self.config.eval)
 
   def write_outputs(self, variables: dict, workdir: str) -> None:
-    del variables, workdir  # Nothing beyond the metrics.
+    """`retrieval_unseen.png`: the first test sketch (by file name) of each
+    of config.eval.picture_classes with its top photos (the paper's Fig. 3)."""
+    data: EvalData = self.splits['test']
+    classes = [c for c in self.config.eval.picture_classes if c in set(data.query_labels)]
+    if not classes or data.query_images is None or jax.process_index() != 0:
+      return
+    picked = [min(np.flatnonzero(data.query_labels == c),
+                  key=lambda i: data.query_images.ids[i]) for c in classes]
+    scores = np.concatenate([s for s, _ in self.score_batches(variables, 'test')])
+    top = np.argsort(-scores[picked], axis=1, kind='stable')[:, :self.config.eval.picture_top_k]
+    size = 160
+    queries = next(data.query_images.reader(np.sort(picked), size, len(picked)))
+    queries = queries[np.argsort(np.argsort(picked))]  # Back to the order of `classes`.
+    order = np.unique(top)
+    photos = next(data.gallery_images.reader(order, size, len(order)))
+    by_index = dict(zip(order.tolist(), photos))
+    ranked = [[by_index[i] for i in row] for row in top.tolist()]
+    correct = data.gallery_labels[top] == np.array(classes)[:, None]
+    title = (f'{self.config.model.name}: unseen-class sketch, then its top '
+             f'{top.shape[1]} photos (red outline: wrong class)')
+    path = os.path.join(workdir, 'retrieval_unseen.png')
+    pictures.category_results_sheet(queries, classes, ranked, correct, title).save(path)
+    logging.info('Wrote %s', path)
 
 
 def _model_variables(variables: dict) -> dict:

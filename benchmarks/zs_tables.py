@@ -1,0 +1,125 @@
+"""The ZS-SBIR paper's table (ECCV 2018, Table 2) on the real Sketchy subset:
+trains and tests every row, then prints one JSON object and the Markdown
+table (validation beside test, time per row) and, with --readme, rewrites the
+README block <!-- results:zs_sketchy_<recipe> -->.
+
+  python -m benchmarks.zs_tables [--recipe=cpu] [--seeds=0,1,2]
+      [--rows=regression,caae,cvae] [--readme=README.md]
+
+Trained rows (direct regression, CAAE, CVAE) run
+`python -m sbir_jax.main --config=configs/zs_sketchy.py:<recipe>,<row>` once
+per seed through `sbir_jax.experiments` (records under results/<study>/; a
+row whose record exists is skipped, so a stopped run resumes). Derived rows
+are kept as records of their own beside them:
+- CVAE with the k-means centres of its decoded samples (the paper's
+  retrieval) is the same trained CVAE, evaluated a second way (variant
+  `also_kmeans`), so it shares that row's seeds and training time;
+- the parameter-free rows (untrained features, ESZSL, SAE) are the baselines
+  every run evaluates on the classes it was trained and tested on; they do
+  not depend on the seed, so they come from the CVAE's seed-0 record
+  (`baseline_<kind>.json`, first in the table).
+"""
+import json
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from sbir_jax import experiments
+
+# Row variant -> row name. Trained rows, in the paper's order.
+TRAINED_ROWS = {
+    'regression': 'direct regression',
+    'caae': 'CAAE',
+    'cvae': 'CVAE (mean of samples)',
+}
+ROW_VARIANTS = {'cvae': 'cvae,also_kmeans'}
+KMEANS_ROW = 'CVAE (k-means centres of samples)'
+# Baseline metric prefix (tasks/zs_sbir/baselines.py) -> row name.
+BASELINE_ROWS = {
+    'untrained': 'untrained features, cosine (no training)',
+    'eszsl': 'ESZSL (closed form, word vectors)',
+    'sae': 'SAE (closed form, word vectors)',
+}
+
+flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/zs_sketchy.py before each row.')
+flags.DEFINE_list('rows', list(TRAINED_ROWS), 'Trained rows to run.')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each trained row.')
+flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
+flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
+flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
+flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+FLAGS = flags.FLAGS
+
+
+def config_arg(recipe: str, row: str) -> str:
+  return f'configs/zs_sketchy.py:{recipe},{ROW_VARIANTS.get(row, row)}'
+
+
+def _derived(record: dict[str, Any], prefix: str, label: str,
+             **fields: Any) -> dict[str, Any] | None:
+  """The row of metrics `<prefix>_*` in a record's val / test (None: absent)."""
+  prefix += '_'
+  split = {s: {k[len(prefix):]: v for k, v in record[s].items() if k.startswith(prefix)}
+           for s in ('val', 'test')}
+  return dict(record, label=label, **fields, **split) if split['test'] else None
+
+
+def baseline_records(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """kind -> table row of each parameter-free baseline a trained run evaluated."""
+  rows = {kind: _derived(record, kind, label, trained_steps=0, selected_step=0,
+                         train_seconds=0.0) for kind, label in BASELINE_ROWS.items()}
+  return {kind: row for kind, row in rows.items() if row}
+
+
+def kmeans_record(record: dict[str, Any]) -> dict[str, Any] | None:
+  """The k-means retrieval row of a CVAE run evaluated both ways."""
+  return _derived(record, 'kmeans', KMEANS_ROW)
+
+
+def _write(path: str, record: dict[str, Any]) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def write_derived_records(study: str, results_root: str) -> None:
+  """The k-means rows of the CVAE records and the baselines of its seed 0."""
+  folder = os.path.join(results_root, study)
+  records = [r for r in experiments.load_records(study, results_root)
+             if r['trained_steps']]  # Not the derived records themselves.
+  cvae = [r for r in records if r['label'] == TRAINED_ROWS['cvae']]
+  for r in cvae:
+    row = kmeans_record(r)
+    if row:
+      _write(os.path.join(folder, f"{study}_cvae_kmeans_seed{r['seed']}.json"), row)
+  source = next((r for r in cvae if r['seed'] == 0), records[0])
+  for kind, row in baseline_records(source).items():
+    _write(os.path.join(folder, f'baseline_{kind}.json'), row)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = [r for r in FLAGS.rows if r not in TRAINED_ROWS]
+  if unknown:
+    raise app.UsageError(f'--rows: unknown {unknown}; use some of {list(TRAINED_ROWS)}.')
+  study = f'zs_sketchy_{FLAGS.recipe}'
+  seeds = [int(s) for s in FLAGS.seeds]
+  for row in FLAGS.rows:
+    experiments.run_seeds(study, config_arg(FLAGS.recipe, row), seeds, FLAGS.set,
+                          TRAINED_ROWS[row], FLAGS.results_root, FLAGS.workdir_root)
+  write_derived_records(study, FLAGS.results_root)
+  rows = experiments.load_records(study, FLAGS.results_root)
+  print(json.dumps({'study': study, 'rows': [
+      {k: r[k] for k in ('label', 'command', 'val', 'test', 'train_seconds', 'seed')}
+      for r in rows]}, indent=2))
+  body = experiments.table(rows)
+  print(body)
+  if FLAGS.readme:
+    experiments.rewrite_readme(FLAGS.readme, study, body)
+
+
+if __name__ == '__main__':
+  app.run(main)
