@@ -113,10 +113,14 @@ def load_records(study: str, results_root: str = RESULTS_ROOT) -> list[dict[str,
   return records
 
 
-def _mean_std(values: Sequence[float]) -> str:
+# Decimals per task (default 2): zero-shot metrics are fractions, not percent.
+TABLE_DIGITS = {'zs_sbir': 3}
+
+
+def _mean_std(values: Sequence[float], digits: int = 2) -> str:
   if len(values) == 1:
-    return f'{values[0]:.2f}'
-  return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
+    return f'{values[0]:.{digits}f}'
+  return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
@@ -125,14 +129,16 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   for record in records:
     rows.setdefault(record['label'], []).append(record)
   metrics = TABLE_METRICS.get(records[0]['task'], tuple(records[0]['test'])[:2])
+  digits = TABLE_DIGITS.get(records[0]['task'], 2)
   header = (['run', 'seeds'] + [f'val {m}' for m in metrics[:1]]
             + [f'test {m}' for m in metrics] + ['steps (selected)', 'train min / run'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for label, group in rows.items():
     group = sorted(group, key=lambda r: r['seed'])
     cells = [label, ','.join(str(r['seed']) for r in group)]
-    cells += [_mean_std([r['val'].get(m, float('nan')) for r in group]) for m in metrics[:1]]
-    cells += [_mean_std([r['test'][m] for r in group]) for m in metrics]
+    cells += [_mean_std([r['val'].get(m, float('nan')) for r in group], digits)
+              for m in metrics[:1]]
+    cells += [_mean_std([r['test'][m] for r in group], digits) for m in metrics]
     if group[0]['trained_steps']:
       cells.append(f"{group[0]['trained_steps']} ({'/'.join(str(r['selected_step']) for r in group)})")
       cells.append(f"{statistics.mean(r['train_seconds'] / 60 for r in group):.1f}")

@@ -78,8 +78,8 @@ def test_zero_shot_baseline_rows_come_from_a_trained_record():
   assert rows['untrained']['test'] == {'mAP@all': 0.15, 'P@25': 0.13}
   lines = experiments.table([rows['untrained'], record]).strip().split('\n')
   assert lines[0].startswith('| run | seeds | val mAP@all | test mAP@all | test P@25 |')
-  assert lines[2].endswith('| 0.20 | 0.15 | 0.13 | — | — |')
-  assert lines[3].endswith('| 0.30 | 0.25 | 0.20 | 3000 (3000) | 1.0 |')
+  assert lines[2].endswith('| 0.200 | 0.150 | 0.130 | — | — |')
+  assert lines[3].endswith('| 0.300 | 0.250 | 0.200 | 3000 (3000) | 1.0 |')
   record['test'].update({'kmeans_mAP@all': 0.24, 'kmeans_P@25': 0.19})
   kmeans = zs_tables.kmeans_record(record)
   assert kmeans['label'] == zs_tables.KMEANS_ROW and kmeans['trained_steps'] == 3000

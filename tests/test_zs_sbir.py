@@ -171,3 +171,15 @@ def test_validation_fraction_that_leaves_no_class_is_refused():
   data.val_class_fraction = 0.34
   train, val = zs_task.validation_classes(seen, data)
   assert len(val) == 1 and sorted(train + val) == seen
+
+
+def test_unit_norm_scales_every_feature_to_root_dim():
+  rng = np.random.default_rng(0)
+  split = zs_task.EvalData(rng.random((3, 16)), np.array(['a'] * 3),
+                           rng.random((2, 16)) * 9, np.array(['a'] * 2))
+  scaled = zs_task._unit_norm(split)
+  for field in ('queries', 'gallery'):
+    np.testing.assert_allclose(np.linalg.norm(getattr(scaled, field), axis=1), 4.0, rtol=1e-5)
+  # Directions (and so every cosine ranking) are unchanged.
+  np.testing.assert_allclose(scaled.gallery / 4.0, split.gallery / np.linalg.norm(
+      split.gallery, axis=1, keepdims=True), rtol=1e-5)

@@ -45,6 +45,9 @@ def base_config(eval_splits: tuple[str, ...]) -> ml_collections.ConfigDict:
       weights='',  # '' = the EfficientNet-Lite0 of the pip package.
       cache_dir=os.path.join('workdir', 'feature_cache'),
       precomputed_dir='',  # For extractor=precomputed: <dir>/<set name>.npz.
+      # True: every feature scaled to norm sqrt(dim) before the models see it
+      # (our option; the paper feeds raw fc7). Retrieval is by cosine either way.
+      unit_norm=False,
   )
   config.model = dict(
       name='cvae',  # cvae | caae | regression
@@ -74,6 +77,8 @@ def base_config(eval_splits: tuple[str, ...]) -> ml_collections.ConfigDict:
       batch_size=64,  # Queries per step (a multiple of the devices).
       baselines=('untrained', 'eszsl', 'sae'),
       eszsl_gamma=1.0, eszsl_lambda=1.0, sae_lambda=0.2,  # Our choices.
+      # True: choose those on the val split instead (tasks/zs_sbir/baselines.py).
+      tune_baselines=False,
       # `retrieval_unseen.png`: the first test sketch of each class, top K.
       picture_classes=(),
       picture_top_k=6,

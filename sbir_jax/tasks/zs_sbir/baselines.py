@@ -4,7 +4,10 @@ An evaluator (`config.evals.<name>.type = 'sbir_jax.tasks.zs_sbir.baselines'`,
 pred 'features'): untrained = the raw fixed features ranked by cosine;
 ESZSL / SAE = sketches and photos mapped into class word-vector space by
 closed-form maps fitted on the seen classes (`models/zs_baselines.py`).
-Computed once per split (they have no trained parameters).
+Computed once per split (they have no trained parameters). With
+`config.eval.tune_baselines`, the ESZSL / SAE hyper-parameters are chosen
+on the validation classes (mAP@all over `GRID`), as the trained models'
+are, and reported beside their metrics (`<kind>_<hyper-parameter>`).
 """
 import os
 from typing import Sequence
@@ -18,10 +21,20 @@ from sbir_jax.models import zs_baselines
 
 KINDS = ('untrained', 'eszsl', 'sae')
 _QUERIES_PER_BLOCK = 1024
+GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # Each hyper-parameter, when tuned.
 
 
-def fit_semantic_baseline(kind: str, train, semantic: dict,
-                          ecfg: ml_collections.ConfigDict):
+def candidate_settings(kind: str, ecfg: ml_collections.ConfigDict) -> list[dict[str, float]]:
+  """The hyper-parameter settings to try: the config's, or the grid when tuned."""
+  names = {'eszsl': ('eszsl_gamma', 'eszsl_lambda'), 'sae': ('sae_lambda',)}[kind]
+  if not ecfg.tune_baselines:
+    return [{n: float(ecfg[n]) for n in names}]
+  grids = np.meshgrid(*[GRID] * len(names), indexing='ij')
+  return [dict(zip(names, map(float, values)))
+          for values in zip(*(g.ravel() for g in grids))]
+
+
+def fit_semantic_baseline(kind: str, train, semantic: dict, settings: dict[str, float]):
   """(sketch map, photo map) into word-vector space, fitted on seen classes."""
   classes = sorted(set(train.sketch_labels.tolist()) | set(train.photo_labels.tolist()))
   s_CxA = np.stack([semantic[c] for c in classes])
@@ -31,8 +44,9 @@ def fit_semantic_baseline(kind: str, train, semantic: dict,
     x = ops.l2_normalize(x)
     y = np.array([index[c] for c in labels.tolist()])
     if kind == 'eszsl':
-      return zs_baselines.eszsl_projection(x, y, s_CxA, ecfg.eszsl_gamma, ecfg.eszsl_lambda)
-    return zs_baselines.sae_projection(x, y, s_CxA, ecfg.sae_lambda)
+      return zs_baselines.eszsl_projection(x, y, s_CxA, settings['eszsl_gamma'],
+                                           settings['eszsl_lambda'])
+    return zs_baselines.sae_projection(x, y, s_CxA, settings['sae_lambda'])
   return fit(train.sketches, train.sketch_labels), fit(train.photos, train.photo_labels)
 
 
@@ -90,4 +104,6 @@ class Evaluator:
       self._cache = {f'{kind}_{k}': v for kind in self.kinds for k, v in
                      baseline_metrics(kind, out['data'], out['semantic_maps'],
                                       self.ks).items()}
+      for kind in set(self.kinds) - {'untrained'}:  # The hyper-parameters used.
+        self._cache.update(out['semantic_settings'](kind))
     return dict(self._cache)

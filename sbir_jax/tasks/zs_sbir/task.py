@@ -269,10 +269,14 @@ class ZsSbirTask:
     """Loaded on first use (features extracted or read from the cache)."""
     data = self.config.data
     if data.source == 'sketchy':
-      return load_sketchy(data, self._store_for)
-    if data.source == 'doodle':
-      return load_doodle(data, self._store_for)
-    raise ValueError(f'config.data.source={data.source!r}; use sketchy or doodle.')
+      splits = load_sketchy(data, self._store_for)
+    elif data.source == 'doodle':
+      splits = load_doodle(data, self._store_for)
+    else:
+      raise ValueError(f'config.data.source={data.source!r}; use sketchy or doodle.')
+    if self.config.features.unit_norm:
+      splits = {name: _unit_norm(split) for name, split in splits.items()}
+    return splits
 
   def load_data(self) -> dict[str, str]:
     out = {}
@@ -423,16 +427,41 @@ class ZsSbirTask:
         'scores': scores(),
         **by_retrieval,
         'features': lambda variables, split: {
-            'data': self.splits[split], 'semantic_maps': self.semantic_maps},
+            'data': self.splits[split], 'semantic_maps': self.semantic_maps,
+            'semantic_settings': self.semantic_settings},
     }
 
-  @functools.cache
   def semantic_maps(self, kind: str):
     """ESZSL / SAE maps, fitted once on the training split."""
+    return self._fitted_semantic_baseline(kind)[0]
+
+  def semantic_settings(self, kind: str) -> dict[str, float]:
+    """The hyper-parameters of `semantic_maps(kind)`."""
+    return self._fitted_semantic_baseline(kind)[1]
+
+  @functools.cache
+  def _fitted_semantic_baseline(self, kind: str):
+    """(maps, settings): the config's, or with eval.tune_baselines the
+    candidate with the best validation mAP@all (ties: the first)."""
     train = self.splits['train']
     classes = set(train.sketch_labels.tolist()) | set(train.photo_labels.tolist())
     semantic = baselines.load_semantics(self.config.data, classes)
-    return baselines.fit_semantic_baseline(kind, train, semantic, self.config.eval)
+    candidates = baselines.candidate_settings(kind, self.config.eval)
+    if len(candidates) > 1 and 'val' not in self.splits:
+      raise ValueError('config.eval.tune_baselines needs a val split to choose on; '
+                       'this data has none. Set it to False.')
+    best = None
+    for settings in candidates:
+      maps = baselines.fit_semantic_baseline(kind, train, semantic, settings)
+      if len(candidates) == 1:
+        return maps, settings
+      score = baselines.baseline_metrics(kind, self.splits['val'], lambda _: maps,
+                                         (1,))['mAP@all']
+      if best is None or score > best[0]:
+        best = (score, maps, settings)
+    logging.info('%s hyper-parameters chosen on val (mAP@all %.4f): %s', kind, best[0],
+                 best[2])
+    return best[1], best[2]
 
   def write_outputs(self, variables: dict, workdir: str) -> None:
     """`retrieval_unseen.png`: the first test sketch (by file name) of each
@@ -458,6 +487,16 @@ class ZsSbirTask:
     path = os.path.join(workdir, 'retrieval_unseen.png')
     pictures.category_results_sheet(queries, classes, ranked, correct, title).save(path)
     logging.info('Wrote %s', path)
+
+
+def _unit_norm(split: TrainData | EvalData) -> TrainData | EvalData:
+  """The split with every feature scaled to norm sqrt(D): unit length, and
+  entries of the order of 1 for the models' squared errors."""
+  fields = (('sketches', 'photos') if isinstance(split, TrainData)
+            else ('queries', 'gallery'))
+  return dataclasses.replace(split, **{
+      f: ops.l2_normalize(getattr(split, f)) * np.sqrt(getattr(split, f).shape[1])
+      for f in fields})
 
 
 def _model_variables(variables: dict) -> dict:
