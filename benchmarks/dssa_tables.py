@@ -16,7 +16,6 @@ Mahalanobis, HOLEF) on the full model. Each row runs
 through `sbir_jax.experiments` (records under results/<study>/; a row whose
 record exists is skipped, so a stopped run resumes).
 """
-import json
 
 from absl import app
 from absl import flags
@@ -61,14 +60,7 @@ def main(argv):
     experiments.run_seeds(study, config_arg(FLAGS.dataset, FLAGS.trunk, row), [FLAGS.seed],
                           FLAGS.set, f'{ROW_KEYS[row]} (one seed)', FLAGS.results_root,
                           FLAGS.workdir_root)
-  records = experiments.load_records(study, FLAGS.results_root)
-  print(json.dumps({'study': study, 'rows': [
-      {k: r[k] for k in ('label', 'command', 'val', 'test', 'train_seconds', 'seed')}
-      for r in records]}, indent=2))
-  body = experiments.table(records)
-  print(body)
-  if FLAGS.readme:
-    experiments.rewrite_readme(FLAGS.readme, study, body)
+  experiments.report(study, FLAGS.results_root, FLAGS.readme)
 
 
 if __name__ == '__main__':

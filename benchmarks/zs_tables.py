@@ -19,7 +19,6 @@ are kept as records of their own beside them:
   recipe's data and features, once (they have no seed); `baseline_<kind>.json`,
   first in the table.
 """
-import json
 import os
 from typing import Any
 
@@ -78,12 +77,6 @@ def kmeans_record(record: dict[str, Any]) -> dict[str, Any] | None:
   return _derived(record, 'kmeans', KMEANS_ROW)
 
 
-def _write(path: str, record: dict[str, Any]) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
-
-
 def evaluate_baselines(recipe: str) -> dict[str, Any]:
   """A record of the baselines' val and test metrics under the recipe's config."""
   from configs import zs_sketchy
@@ -107,10 +100,10 @@ def write_derived_records(study: str, recipe: str, results_root: str) -> None:
   folder = os.path.join(results_root, study)
   for r in experiments.load_records(study, results_root):
     if r['label'] == TRAINED_ROWS['cvae'] and kmeans_record(r):
-      _write(os.path.join(folder, f"{study}_cvae_kmeans_seed{r['seed']}.json"),
+      experiments.write_record(os.path.join(folder, f"{study}_cvae_kmeans_seed{r['seed']}.json"),
              kmeans_record(r))
   for kind, row in baseline_records(evaluate_baselines(recipe)).items():
-    _write(os.path.join(folder, f'baseline_{kind}.json'), row)
+    experiments.write_record(os.path.join(folder, f'baseline_{kind}.json'), row)
 
 
 def main(argv):
@@ -125,14 +118,7 @@ def main(argv):
     experiments.run_seeds(study, config_arg(FLAGS.recipe, row), seeds, FLAGS.set,
                           TRAINED_ROWS[row], FLAGS.results_root, FLAGS.workdir_root)
   write_derived_records(study, FLAGS.recipe, FLAGS.results_root)
-  rows = experiments.load_records(study, FLAGS.results_root)
-  print(json.dumps({'study': study, 'rows': [
-      {k: r[k] for k in ('label', 'command', 'val', 'test', 'train_seconds', 'seed')}
-      for r in rows]}, indent=2))
-  body = experiments.table(rows)
-  print(body)
-  if FLAGS.readme:
-    experiments.rewrite_readme(FLAGS.readme, study, body)
+  experiments.report(study, FLAGS.results_root, FLAGS.readme)
 
 
 if __name__ == '__main__':

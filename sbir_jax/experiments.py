@@ -83,15 +83,19 @@ def run_seeds(study: str, config_arg: str, seeds: Sequence[int],
     record.update(study=study, overrides=list(overrides),
                   label=label or command_line(config_arg, overrides),
                   command=command_line(config_arg, overrides) + f' --config.seed={seed}')
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_record(path, record)
     done = i + 1
     eta = (time.time() - started) / done * (len(seeds) - done)
     print(f'[{study}] {name}: val {_short(record["val"])} test {_short(record["test"])}'
           f' ({done}/{len(seeds)}, ETA {eta / 60:.0f} min)', flush=True)
   return paths
+
+
+def write_record(path: str, record: dict[str, Any]) -> None:
+  """Writes a record atomically: a kill never leaves half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
 
 
 def _short(metrics: dict[str, float]) -> str:
@@ -171,6 +175,19 @@ def rewrite_readme(readme: str, study: str, body: str) -> None:
   with open(readme + '.tmp', 'w') as f:
     f.write(text)
   os.replace(readme + '.tmp', readme)
+
+
+def report(study: str, results_root: str, readme: Optional[str]) -> None:
+  """Prints a study's records as JSON and its Markdown table; with `readme`,
+  rewrites that file's block of the study (the table commands' last step)."""
+  records = load_records(study, results_root)
+  print(json.dumps({'study': study, 'rows': [
+      {k: r[k] for k in ('label', 'command', 'val', 'test', 'train_seconds', 'seed')}
+      for r in records]}, indent=2))
+  body = table(records)
+  print(body)
+  if readme:
+    rewrite_readme(readme, study, body)
 
 
 def current_block(text: str, study: str) -> str:
