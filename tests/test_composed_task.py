@@ -40,7 +40,7 @@ def test_train_checkpoint_then_eval_reproduces(variants, tfds_dir, tmp_path):
   assert evaluated['test_recall@1'] == pytest.approx(results['test_recall@1'])
   assert 'val_recall@1' in evaluated
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert set(saved) == {'train', 'eval_best'}
+  assert set(saved) == {'train', 'eval_best', 'train_seconds_at_checkpoint'}
   assert (tmp_path / 'run' / 'test_examples.png').stat().st_size > 0
 
 

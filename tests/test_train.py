@@ -33,7 +33,7 @@ def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path):
   assert evaluated['test_acc@1'] == pytest.approx(results['test_acc@1'])
   assert evaluated['test_acc@10'] == pytest.approx(results['test_acc@10'])
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert set(saved) == {'train', 'eval_best'}
+  assert set(saved) == {'train', 'eval_best', 'train_seconds_at_checkpoint'}
 
 
 def test_kill_and_resume_matches_uninterrupted_run(config, tmp_path):
@@ -42,7 +42,13 @@ def test_kill_and_resume_matches_uninterrupted_run(config, tmp_path):
   # Killed after step 2 (its checkpoint is written), then restarted.
   trainer.train_and_evaluate(config, resumed, stop_after_steps=2)
   assert checkpointing.make_manager(resumed, read_only=True).latest_step() == 2
-  trainer.train_and_evaluate(config, resumed)
+  clock_at_2 = json.loads((tmp_path / 'resumed' / 'results.json').read_text())[
+      'train_seconds_at_checkpoint']['2']
+  results = trainer.train_and_evaluate(config, resumed)
+  # The record counts the whole training, the killed part included.
+  assert results['train_seconds'] == pytest.approx(
+      clock_at_2 + results['train_seconds_this_run'])
+  assert clock_at_2 > 0
   step_a, params_a = _latest_params(straight, config)
   step_b, params_b = _latest_params(resumed, config)
   assert step_a == step_b == config.num_train_steps

@@ -55,7 +55,7 @@ def test_tiny_cvae_trains_checkpoints_and_evaluates(sketchy_data, tmp_path):
   evaluated = trainer.evaluate(config, workdir, 'latest')  # What --mode=eval runs.
   assert evaluated['test_mAP@all'] == pytest.approx(results['test_mAP@all'])
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert set(saved) == {'train', 'eval_latest'}
+  assert set(saved) == {'train', 'eval_latest', 'train_seconds_at_checkpoint'}
   # The paper's Fig. 3: one row per picture class present (bat, cabin here).
   from PIL import Image
   with Image.open(tmp_path / 'run' / 'retrieval_unseen.png') as im:

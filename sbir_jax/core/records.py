@@ -100,7 +100,11 @@ def make_record(config: ml_collections.ConfigDict, config_arg: Optional[str],
       'data': data_fingerprints(config.data),
       'selected_step': results.get('selected_step'),
       'trained_steps': results.get('trained_steps'),
-      'train_seconds': results.get('train_seconds_this_run'),
+      # The whole training over resumes; the last part alone where earlier
+      # parts were not timed (train_seconds_resumed_only says so).
+      'train_seconds': (results.get('train_seconds') if results.get('train_seconds') is not None
+                        else results.get('train_seconds_this_run')),
+      'train_seconds_resumed_only': results.get('train_seconds') is None,
       'val': split_metrics(metrics, 'val'),
       'test': split_metrics(metrics, 'test'),
       'machine': machine(),

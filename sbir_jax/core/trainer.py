@@ -35,6 +35,8 @@ from sbir_jax.core.state import TrainState
 
 # Steps timed (after the first, which compiles) before a CPU run says how long it takes.
 _TIMING_STEPS = 5
+# results.json entry: {step: training seconds up to that checkpoint, over resumes}.
+_CLOCK_KEY = 'train_seconds_at_checkpoint'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,11 +90,26 @@ def write_results(workdir: str, update: dict) -> None:
   if jax.process_index() != 0:
     return
   path = epath.Path(workdir) / 'results.json'
-  results = json.loads(path.read_text()) if path.exists() else {}
+  results = _read_results(workdir)
   results.update(update)
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
   tmp.replace(path)  # Atomic: a kill never leaves a half-written results file.
+
+
+def _read_results(workdir: str) -> dict:
+  path = epath.Path(workdir) / 'results.json'
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _seconds_before(workdir: str, start_step: int) -> Optional[float]:
+  """Training seconds that earlier runs of this workdir spent to reach
+  checkpoint `start_step` (0 for a fresh run; None where no run wrote it down,
+  e.g. a checkpoint of an older version): a resumed run's record counts the
+  whole training, not only its resumed part."""
+  if not start_step:
+    return 0.0
+  return _read_results(workdir).get(_CLOCK_KEY, {}).get(str(start_step))
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
@@ -155,17 +172,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = state.replace(params=params)
       write_results(workdir, {'warm_start': summary})
   train_step = make_train_step(task, config, mesh)
+  seconds_before = _seconds_before(workdir, start_step)
+  clock = _read_results(workdir).get(_CLOCK_KEY, {})
 
   # --- Loop -------------------------------------------------------------------
   total = config.num_train_steps
-  batches = task.train_batches(start_step)
+  # Global batches put on the devices ahead of their step (sharding.py).
+  batches = sharding.prefetch_to_mesh(task.train_batches(start_step), mesh,
+                                      config.get('prefetch_batches', 2))
   start_time, pending, history = time.time(), None, []
   period_start, period_step = time.time(), start_step
   for step in range(start_step + 1, total + 1):
     if stop_after_steps is not None and step > start_step + stop_after_steps:
       manager.wait_until_finished()
       return {}
-    batch = sharding.to_global(next(batches), mesh)
+    batch = next(batches)
     state, metrics = train_step(state, batch)
     # Fetch step N-1's metrics after step N is dispatched: no device stall.
     if pending is not None:
@@ -197,6 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.checkpoint_every_steps == 0 or step == total:
       _check_finite(*pending)
       checkpointing.save(manager, state, due, selection)
+      if seconds_before is not None:
+        clock[str(step)] = seconds_before + time.time() - start_time
+        write_results(workdir, {_CLOCK_KEY: clock})
   manager.wait_until_finished()
   train_seconds = time.time() - start_time
 
@@ -205,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step, metrics, selected = evaluate_checkpoint(state, manager, which, evaluators)
   results = {'selected_checkpoint': which, 'selected_step': step,
              'selection_metric': selection, 'train_seconds_this_run': train_seconds,
+             # None: resumed from a checkpoint whose earlier time was not kept.
+             'train_seconds': (None if seconds_before is None
+                               else seconds_before + train_seconds),
              'trained_steps': total, 'devices': jax.device_count(),
              'platform': jax.default_backend(), **metrics}
   writer.write_scalars(step, metrics)
