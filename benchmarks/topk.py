@@ -7,15 +7,22 @@ For each gallery size N (embeddings of dim 512, float32, unit norm; the
 queries are noisy copies of gallery rows) it times a batch of 100 queries,
 top-10, through
   (a) the product's path: `sbir_jax.tasks.fg_sbir.gallery_index.GalleryIndex.search`
-      (gallery resident and sharded on the mesh, one jitted shard_map per batch),
-      with inner-product and with HOLEF scores;
+      (gallery resident and sharded on the mesh, one jitted shard_map per batch,
+      scored chunk by chunk), with inner-product and with HOLEF scores;
+  (m) the bare score matmul alone, a jitted `jnp.dot(q, g.T)` at the same
+      shape, result blocked on and left on the device: the floor a search
+      that must read every score sits on. Its calls alternate with (a)'s, so
+      both see the same machine;
   (b) a bare jitted `lax.top_k(q @ g.T)` on the whole gallery;
   (c) FAISS `IndexFlatIP` (exact), if faiss-cpu is installed;
 checks that (a) returns the ids FAISS returns, and reports the process's peak
-memory (ru_maxrss, cumulative over the run) and the fraction of the machine's
-measured fp32 matmul peak (a timed large jnp.dot) that (a) reaches. Latency
-is the median over --repeats calls, host arrays in and out (what a caller of
-`search` waits for), after one warm-up call that compiles.
+memory (ru_maxrss, cumulative over the run), the fraction of the machine's
+measured fp32 matmul peak (a timed large jnp.dot, just before each size) that
+(a) and (m) reach, and
+the share of CPU time the hypervisor stole during the run (/proc/stat).
+Latency is the median over --repeats calls, host arrays in and out for (a),
+(b), (c) (what a caller of `search` waits for), after one warm-up call that
+compiles.
 """
 import json
 import os
@@ -58,6 +65,30 @@ def _median_seconds(fn, repeats: int):
   return statistics.median(times), out
 
 
+def _interleaved_medians(fn_a, fn_b, repeats: int):
+  """(median seconds of fn_a, of fn_b, last output of fn_a), calls alternating."""
+  out, _ = fn_a(), fn_b()
+  times_a, times_b = [], []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = fn_a()
+    times_a.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    fn_b()
+    times_b.append(time.perf_counter() - start)
+  return statistics.median(times_a), statistics.median(times_b), out
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+  """(steal, total) CPU time since boot from /proc/stat; (0, 0) elsewhere."""
+  try:
+    with open('/proc/stat') as f:
+      fields = [int(x) for x in f.readline().split()[1:]]
+  except OSError:
+    return 0, 0
+  return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def _timing(seconds: float, queries: int, flops: float) -> dict:
   return {'latency_ms': round(1e3 * seconds, 2),
           'queries_per_second': round(queries / seconds, 1),
@@ -93,21 +124,30 @@ def matmul_peak_gflops(jax, jnp, n: int, repeats: int) -> float:
   return 2.0 * n ** 3 / best / 1e9
 
 
-def measure_size(n: int, jax, gallery_index, scoring, sharding, faiss) -> dict:
+def measure_size(n: int, jax, jnp, gallery_index, scoring, sharding, faiss) -> dict:
   d, b, k, repeats = FLAGS.dim, FLAGS.queries, FLAGS.k, FLAGS.repeats
   g, q = _gallery(n, d, b)
   flops = 2.0 * b * n * d
   out = {'gallery_size': n, 'gallery_mb': round(g.nbytes / 2**20, 1)}
   mesh = sharding.make_mesh()
 
-  # (a) The product's path, inner product then HOLEF.
+  # (a) The product's path, inner product, its calls alternating with (m)
+  # the bare score matmul; then HOLEF.
   start = time.perf_counter()
   index = gallery_index.GalleryIndex(g, scoring.Scorer('inner_product'), mesh)
   jax.block_until_ready(index._bias)
   build = time.perf_counter() - start
-  seconds, (_, product_ids) = _median_seconds(lambda: index.search(q, k), repeats)
+  g_dev, q_dev = jax.device_put(g), jax.device_put(q)
+  matmul = jax.jit(lambda q_, g_: jnp.dot(q_, g_.T))
+  seconds, matmul_seconds, (_, product_ids) = _interleaved_medians(
+      lambda: index.search(q, k),
+      lambda: jax.block_until_ready(matmul(q_dev, g_dev)), repeats)
   out['product_sharded_topk'] = dict(_timing(seconds, b, flops),
-                                     build_seconds=round(build, 3))
+                                     build_seconds=round(build, 3),
+                                     chunk_rows=index.chunk_rows,
+                                     block_rows=index.block_rows)
+  out['bare_matmul_only'] = _timing(matmul_seconds, b, flops)
+  out['product_over_matmul_time'] = round(seconds / matmul_seconds, 3)
   del index
   rng = np.random.default_rng(1)
   W = np.eye(d, dtype=np.float32) + 0.01 * rng.standard_normal((d, d), dtype=np.float32)
@@ -119,7 +159,6 @@ def measure_size(n: int, jax, gallery_index, scoring, sharding, faiss) -> dict:
   out['maxrss_mb_after_product'] = _maxrss_mb()
 
   # (b) Bare jitted matmul + top_k, gallery on the default device.
-  g_dev = jax.device_put(g)
   bare_fn = jax.jit(lambda q_, g_: jax.lax.top_k(q_ @ g_.T, k))
   bare_seconds, (_, bare_ids) = _median_seconds(
       lambda: jax.device_get(bare_fn(q, g_dev)), repeats)
@@ -164,14 +203,20 @@ def main(argv):
     print(f'WARNING: {FAISS_MISSING}', file=sys.stderr)
 
   load_before = os.getloadavg()[0]
-  peak = matmul_peak_gflops(jax, jnp, FLAGS.matmul_size, FLAGS.repeats)
+  steal_before, total_before = _cpu_jiffies()
   results = []
   for size in FLAGS.sizes:
-    result = measure_size(int(size), jax, gallery_index, scoring, sharding, faiss)
+    # The peak again for every size: on a shared VM the machine's speed drifts.
+    peak = matmul_peak_gflops(jax, jnp, FLAGS.matmul_size, FLAGS.repeats)
+    result = dict(matmul_peak_gflops=round(peak, 1), **measure_size(
+        int(size), jax, jnp, gallery_index, scoring, sharding, faiss))
     result['product_fraction_of_matmul_peak'] = round(
         result['product_sharded_topk']['gflops'] / peak, 3)
+    result['bare_matmul_fraction_of_matmul_peak'] = round(
+        result['bare_matmul_only']['gflops'] / peak, 3)
     results.append(result)
     print(f'done: N={size}', file=sys.stderr)
+  steal_after, total_after = _cpu_jiffies()
   print(json.dumps({
       'benchmark': 'exact_topk', 'queries': FLAGS.queries, 'k': FLAGS.k,
       'dim': FLAGS.dim, 'dtype': 'float32', 'repeats': FLAGS.repeats,
@@ -184,7 +229,10 @@ def main(argv):
       # Other processes on the machine slow every number down alike-ish.
       'load_average_1min_before_after': [round(load_before, 2),
                                          round(os.getloadavg()[0], 2)],
-      'matmul_peak_gflops': round(peak, 1),
+      # Time the hypervisor gave this VM's CPUs to others: it slows every
+      # number, more or less alike.
+      'cpu_steal_fraction': round((steal_after - steal_before) /
+                                  max(total_after - total_before, 1), 3),
       'matmul_peak_shape': [FLAGS.matmul_size] * 2,
       'results': results}, indent=2))
 

@@ -11,23 +11,22 @@ With --config, only that FG-SBIR config is measured, at its own batch size
 unless --batch_size is given (photos RGB when config.data.photo_input='rgb').
 
 Uses the real jitted, sharded train step of sbir_jax.core.trainer on random uint8
-images (throughput does not depend on pixel values), so no data is needed.
+images (throughput does not depend on pixel values), so no data is needed
+(benchmarks/synthetic.py, shared with benchmarks/device_check.py). EfficientNet
+trunks start from a random initialisation (no weight file needed; speed does
+not depend on the weights).
 """
 import json
 import platform
-import time
 
 from absl import app
 from absl import flags
 import jax
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
+from benchmarks import synthetic
 from configs import fg_sbir_common
-from sbir_jax.core import sharding
-from sbir_jax.core import task as task_lib
-from sbir_jax.core import trainer
 
 flags.DEFINE_integer('steps', 5, 'Timed steps per setting (after warm-up).')
 flags.DEFINE_integer('batch_size', 16, 'Triplets per step.')
@@ -42,35 +41,13 @@ FLAGS = flags.FLAGS
 
 
 def measure(config: ml_collections.ConfigDict, steps: int) -> dict:
-  batch_size = config.batch_size
-  mesh = sharding.make_mesh()
-  task = task_lib.make_task(config, mesh)
-  state = trainer.create_state(task, config, mesh)
-  step_fn = trainer.make_train_step(task, config, mesh)
-  size = config.data.crop_size
-  rng = np.random.default_rng(0)
-  photo_channels = 3 if config.data.get('photo_input') == 'rgb' else 1
-  batch = {k: rng.integers(0, 256, (batch_size, size, size, channels), dtype=np.uint8)
-           for k, channels in (('sketch', 1), ('positive', photo_channels),
-                               ('negative', photo_channels))}
-  batch.update({k: rng.integers(0, 300, (batch_size,), dtype=np.int32)
-                for k in ('sketch_id', 'match_id', 'positive_id', 'negative_id')})
-  batch = sharding.to_global(batch, mesh)
-
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
-  compile_seconds = time.perf_counter() - start
-  state, metrics = compiled(state, batch)  # Warm-up.
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
-  return {'input_size': size,
-          'batch_size': batch_size, 'compile_seconds': round(compile_seconds, 2),
+  state, step_fn, batch, _ = synthetic.train_setup(config)
+  timing, _ = synthetic.time_train_step(state, step_fn, batch, steps)
+  seconds = timing['seconds_per_step']
+  return {'input_size': config.data.crop_size,
+          'batch_size': config.batch_size, 'compile_seconds': timing['compile_seconds'],
           'seconds_per_step': round(seconds, 4),
-          'triplets_per_second': round(batch_size / seconds, 2)}
+          'triplets_per_second': round(config.batch_size / seconds, 2)}
 
 
 def _measure_variant(variant: str) -> dict:

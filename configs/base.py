@@ -41,6 +41,13 @@ def base_config(task: str, *, batch_size: int,
   config.batch_size = batch_size
   config.num_train_steps = num_train_steps
   config.log_every_steps = 100
+  # Activations and matmuls: 'float32', or 'bfloat16' (TPU, recent GPUs) with
+  # parameters, optimizer state, energies and losses kept float32
+  # (sbir_jax/core/precision.py lists what each backend allows).
+  config.compute_dtype = 'float32'
+  # Global batches put on the devices ahead of the step that uses them (the
+  # transfer overlaps the running step; 0 = put each batch just in time).
+  config.prefetch_batches = 2
   config.checkpoint_every_steps = 1000  # Also when `val` evals run (add_evals).
   config.keep_latest = 1
   # Warm start: a workdir (best checkpoint) or <workdir>:<step>; only the

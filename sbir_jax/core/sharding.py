@@ -1,4 +1,5 @@
 """Device mesh and host->global batch helpers (one `data` axis, params replicated)."""
+import collections
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
@@ -36,6 +37,30 @@ def to_global(local_batch, mesh: jax.sharding.Mesh):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def prefetch_to_mesh(local_batches: Iterator[Any], mesh: jax.sharding.Mesh,
+                     size: int = 2) -> Iterator[Any]:
+  """Global batches (`to_global`) of `local_batches`, `size` of them already
+  on the devices ahead of the one handed out.
+
+  Transfers are asynchronous: the batch of step N+1 (and N+2, ...) is copied
+  while step N runs, so the device never waits on the host->device copy
+  (the tf.data work runs ahead in its own threads). size=0 puts each batch
+  when it is asked for. The values are those of `to_global`, so a run is the
+  same with or without prefetching.
+  """
+  if size <= 0:
+    for batch in local_batches:
+      yield to_global(batch, mesh)
+    return
+  queue = collections.deque()
+  for batch in local_batches:
+    queue.append(to_global(batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def process_rows(num_rows: int) -> slice:

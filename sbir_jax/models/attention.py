@@ -6,7 +6,7 @@ Used by every composed-query model that attends: LBF's visual (VEP) and text
 for all heads and all batch rows in one einsum each; keys can be masked (text
 padding). Layers are pre-LayerNorm residual blocks.
 """
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,7 @@ class MultiHeadAttention(nn.Module):
   """Queries attend over keys/values; (B, Q, D) x (B, K, D) -> (B, Q, D)."""
   num_heads: int
   dim: int
+  dtype: Optional[Any] = None  # Compute dtype (core/precision.py); params float32.
 
   @nn.compact
   def __call__(self, queries_BxQxD: jax.Array, context_BxKxD: jax.Array,
@@ -28,7 +29,8 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'Attention dim {self.dim} is not divisible by '
                        f'{self.num_heads} heads.')
     head_dim = self.dim // self.num_heads
-    project = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
+    project = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
+                                           name=name)
     q_BxQxHxd = project('query')(queries_BxQxD)
     k_BxKxHxd = project('key')(context_BxKxD)
     v_BxKxHxd = project('value')(context_BxKxD)
@@ -37,51 +39,58 @@ class MultiHeadAttention(nn.Module):
     if key_mask_BxK is not None:
       logits_BxHxQxK = jnp.where(key_mask_BxK[:, None, None, :], logits_BxHxQxK,
                                  _MASKED)
-    weights_BxHxQxK = jax.nn.softmax(logits_BxHxQxK, axis=-1)
+    # The softmax in float32 (a no-op cast in a float32 run).
+    weights_BxHxQxK = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32), axis=-1)
+    weights_BxHxQxK = weights_BxHxQxK.astype(v_BxKxHxd.dtype)
     out_BxQxHxd = jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxQxK, v_BxKxHxd)
-    out_BxQxD = nn.DenseGeneral(self.dim, axis=(-2, -1), name='out')(out_BxQxHxd)
+    out_BxQxD = nn.DenseGeneral(self.dim, axis=(-2, -1), dtype=self.dtype,
+                                name='out')(out_BxQxHxd)
     return (out_BxQxD, weights_BxHxQxK) if return_weights else out_BxQxD
 
 
 class _FeedForward(nn.Module):
   dim: int
   hidden_multiplier: int = 2
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.gelu(nn.Dense(self.dim * self.hidden_multiplier, name='fc1')(x))
-    return nn.Dense(self.dim, name='fc2')(x)
+    x = nn.gelu(nn.Dense(self.dim * self.hidden_multiplier, dtype=self.dtype,
+                         name='fc1')(x))
+    return nn.Dense(self.dim, dtype=self.dtype, name='fc2')(x)
 
 
 class SelfAttentionLayer(nn.Module):
   """x + MHA(LN(x), LN(x)), then x + FFN(LN(x)) (one VEP or TEP layer)."""
   num_heads: int
   dim: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, mask_BxN: Optional[jax.Array] = None
                ) -> jax.Array:
-    y = nn.LayerNorm(name='ln_attention')(x_BxNxD)
-    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.dim,
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_attention')(x_BxNxD)
+    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.dim, self.dtype,
                                            name='attention')(y, y, mask_BxN)
-    y = nn.LayerNorm(name='ln_ffn')(x_BxNxD)
-    return x_BxNxD + _FeedForward(self.dim, name='ffn')(y)
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_ffn')(x_BxNxD)
+    return x_BxNxD + _FeedForward(self.dim, dtype=self.dtype, name='ffn')(y)
 
 
 class CrossAttentionLayer(nn.Module):
   """x + MHA(LN(x), LN(context)), then x + FFN(LN(x)): x attends to context."""
   num_heads: int
   dim: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, context_BxMxD: jax.Array,
                context_mask_BxM: Optional[jax.Array] = None) -> jax.Array:
-    y = nn.LayerNorm(name='ln_query')(x_BxNxD)
-    c = nn.LayerNorm(name='ln_context')(context_BxMxD)
-    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.dim,
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_query')(x_BxNxD)
+    c = nn.LayerNorm(dtype=self.dtype, name='ln_context')(context_BxMxD)
+    x_BxNxD = x_BxNxD + MultiHeadAttention(self.num_heads, self.dim, self.dtype,
                                            name='attention')(y, c, context_mask_BxM)
-    y = nn.LayerNorm(name='ln_ffn')(x_BxNxD)
-    return x_BxNxD + _FeedForward(self.dim, name='ffn')(y)
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_ffn')(x_BxNxD)
+    return x_BxNxD + _FeedForward(self.dim, dtype=self.dtype, name='ffn')(y)
 
 
 def masked_mean(x_BxNxD: jax.Array, mask_BxN: Optional[jax.Array] = None

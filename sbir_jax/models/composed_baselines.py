@@ -3,6 +3,8 @@ the image feature alone, the text feature alone, or an MLP of their
 concatenation. Same image and text encoders as TIRG; LayerNorm where TIRG's
 concat composer has BatchNorm; its 0.1 dropout is left out.
 """
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,16 +21,18 @@ class ComposedBaseline(nn.Module):
   dim: int = 512
   backbone: str = 'small_cnn'
   cnn_width: int = 64
+  dtype: Optional[Any] = None  # Compute dtype (core/precision.py).
 
   def setup(self):
     if self.kind not in KINDS:
       raise ValueError(f'Baseline kind {self.kind!r}; use one of {KINDS}.')
-    self.image_encoder = enc.GlobalImageEncoder(self.dim, self.backbone, self.cnn_width)
-    self.text_encoder = text.LstmTextEncoder(self.vocab_size, self.dim)
-    self.norm1 = nn.LayerNorm()
-    self.fc1 = nn.Dense(2 * self.dim)
-    self.norm2 = nn.LayerNorm()
-    self.fc2 = nn.Dense(self.dim)
+    self.image_encoder = enc.GlobalImageEncoder(self.dim, self.backbone, self.cnn_width,
+                                                self.dtype)
+    self.text_encoder = text.LstmTextEncoder(self.vocab_size, self.dim, self.dtype)
+    self.norm1 = nn.LayerNorm(dtype=self.dtype)
+    self.fc1 = nn.Dense(2 * self.dim, dtype=self.dtype)
+    self.norm2 = nn.LayerNorm(dtype=self.dtype)
+    self.fc2 = nn.Dense(self.dim, dtype=self.dtype)
     self.normalize = enc.ScaledL2Normalize()
 
   def compose(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array) -> jax.Array:

@@ -11,11 +11,14 @@
 - `ScaledL2Normalize`: TIRG's normalisation layer, s * x / ||x|| with a
   learnable s initialised to 4.0, applied to queries and targets alike.
 """
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbir_jax.core import precision
 from sbir_jax.models import efficientnet_lite
 
 
@@ -27,33 +30,36 @@ def scale_images(images_uint8: jax.Array) -> jax.Array:
 class SmallCnn(nn.Module):
   """(B, 64, 64, 3) uint8 -> (B, 16, 16, width) feature map."""
   width: int = 64
+  dtype: Optional[Any] = None  # Compute dtype (core/precision.py); params float32.
 
   @nn.compact
   def __call__(self, images_BxHxWx3: jax.Array) -> jax.Array:
     x = scale_images(images_BxHxWx3)
-    x = nn.relu(nn.Conv(self.width // 2, (5, 5), strides=2, name='conv1')(x))
-    x = nn.relu(nn.Conv(self.width, (3, 3), strides=2, name='conv2')(x))
-    x = nn.Conv(self.width, (3, 3), name='conv3')(x)
-    return nn.relu(nn.GroupNorm(num_groups=8, name='norm')(x))
+    conv = lambda *args, **kwargs: nn.Conv(*args, **kwargs, dtype=self.dtype)
+    x = nn.relu(conv(self.width // 2, (5, 5), strides=2, name='conv1')(x))
+    x = nn.relu(conv(self.width, (3, 3), strides=2, name='conv2')(x))
+    x = conv(self.width, (3, 3), name='conv3')(x)
+    return nn.relu(nn.GroupNorm(num_groups=8, dtype=self.dtype, name='norm')(x))
 
 
 class EfficientNetLite0Map(nn.Module):
   """ImageNet EfficientNet-Lite0 (B, 7, 7, 1280) map; BatchNorm statistics
   are read from the `batch_stats` collection (inference mode, never updated)."""
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, images_BxHxWx3: jax.Array) -> jax.Array:
     x = efficientnet_lite.preprocess(images_BxHxWx3)
-    net = efficientnet_lite.EfficientNetLite0(dropout_rate=0.0,
-                                              drop_connect_rate=0.0, name='backbone')
+    net = efficientnet_lite.EfficientNetLite0(dropout_rate=0.0, drop_connect_rate=0.0,
+                                              dtype=self.dtype, name='backbone')
     return net.feature_map(x, train=False)
 
 
-def make_image_backbone(name: str, width: int) -> nn.Module:
+def make_image_backbone(name: str, width: int, dtype: Optional[Any] = None) -> nn.Module:
   if name == 'small_cnn':
-    return SmallCnn(width, name='cnn')
+    return SmallCnn(width, dtype, name='cnn')
   if name == 'efficientnet_lite0':
-    return EfficientNetLite0Map(name='cnn')
+    return EfficientNetLite0Map(dtype, name='cnn')
   raise ValueError(f'config.model.backbone={name!r}; use small_cnn or '
                    'efficientnet_lite0.')
 
@@ -95,6 +101,7 @@ class ScaledL2Normalize(nn.Module):
   @nn.compact
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
     scale = self.param('scale', lambda _: jnp.asarray(self.init_scale, jnp.float32))
+    x_BxD = precision.to_float32(x_BxD)  # What the losses see: float32.
     norm_Bx1 = jnp.linalg.norm(x_BxD, axis=-1, keepdims=True)
     return scale * x_BxD / jnp.maximum(norm_Bx1, 1e-12)
 
@@ -104,8 +111,11 @@ class GlobalImageEncoder(nn.Module):
   dim: int
   backbone: str = 'small_cnn'
   cnn_width: int = 64
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, images_BxHxWx3: jax.Array) -> jax.Array:
-    map_BxHxWxC = make_image_backbone(self.backbone, self.cnn_width)(images_BxHxWx3)
-    return nn.Dense(self.dim, name='fc')(jnp.mean(map_BxHxWxC, axis=(1, 2)))
+    map_BxHxWxC = make_image_backbone(self.backbone, self.cnn_width,
+                                      self.dtype)(images_BxHxWx3)
+    return nn.Dense(self.dim, dtype=self.dtype, name='fc')(
+        jnp.mean(map_BxHxWxC, axis=(1, 2)))

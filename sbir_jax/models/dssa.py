@@ -13,12 +13,13 @@ map, 1280 channels at 1/32 of the input side) fed the grey image through a
 one-channel stem (`convert_efficientnet.graft` sums the RGB stem kernel). The
 head is the same on every trunk.
 """
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sbir_jax.core import precision
 from sbir_jax.models import efficientnet_lite
 from sbir_jax.models import energies
 from sbir_jax.models import sketch_a_net
@@ -41,13 +42,17 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
 class SpatialAttention(nn.Module):
   """Soft spatial mask over the conv5 map: 1x1 conv + ReLU, 1x1 conv, softmax."""
   hidden: int = 256
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, f_BxHxWxC: jax.Array) -> jax.Array:
     b, h, w, _ = f_BxHxWxC.shape
-    x = nn.relu(nn.Conv(self.hidden, (1, 1), name='att_conv1')(f_BxHxWxC))
-    logits_BxHW = nn.Conv(1, (1, 1), name='att_conv2')(x).reshape(b, h * w)
-    return jax.nn.softmax(logits_BxHW, axis=-1).reshape(b, h, w, 1)
+    x = nn.relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype, name='att_conv1')(f_BxHxWxC))
+    logits_BxHW = nn.Conv(1, (1, 1), dtype=self.dtype, name='att_conv2')(x).reshape(b, h * w)
+    # The softmax in float32 (a no-op cast in a float32 run), the mask in the
+    # compute dtype of the map it weighs.
+    mask_BxHW = jax.nn.softmax(logits_BxHW.astype(jnp.float32), axis=-1)
+    return mask_BxHW.astype(f_BxHxWxC.dtype).reshape(b, h, w, 1)
 
 
 class EnergyModel(nn.Module):
@@ -83,6 +88,9 @@ class DSSA(EnergyModel):
   frozen_batch_norm: bool = True
   frozen_trunk_layers: int = 0
   drop_connect_rate: float = 0.2
+  # Compute dtype of the network (core/precision.py; None = float32). The
+  # parameters, the energy and the embeddings it returns stay float32.
+  dtype: Optional[Any] = None
 
   @property
   def output_dim(self) -> int:
@@ -101,16 +109,17 @@ class DSSA(EnergyModel):
 
   def setup(self):
     if check_trunk(self.trunk) == SKETCH_A_NET:
-      self.trunk_net = sketch_a_net.SketchANetTrunk(self.width_multiplier, name='trunk')
+      self.trunk_net = sketch_a_net.SketchANetTrunk(self.width_multiplier, self.dtype,
+                                                    name='trunk')
     else:
       self.trunk_net = efficientnet_lite.EfficientNetLite(
           variant=EFFICIENTNET_TRUNKS[self.trunk], frozen_batch_norm=self.frozen_batch_norm,
           frozen_layers=self.frozen_trunk_layers,
-          drop_connect_rate=self.drop_connect_rate, name='trunk')
+          drop_connect_rate=self.drop_connect_rate, dtype=self.dtype, name='trunk')
     if self.attention:
-      self.spatial_attention = SpatialAttention(self.trunk_channels)
-    self.fc6 = nn.Dense(self.fc6_dim)
-    self.fc7 = nn.Dense(self.embed_dim)
+      self.spatial_attention = SpatialAttention(self.trunk_channels, self.dtype)
+    self.fc6 = nn.Dense(self.fc6_dim, dtype=self.dtype)
+    self.fc7 = nn.Dense(self.embed_dim, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.energy_fn = energies.Energy(self.energy, self.output_dim, name='energy')
 
@@ -138,17 +147,18 @@ class DSSA(EnergyModel):
     f, _ = self.attend_map(f_BxHxWxC)
     h = nn.relu(self.fc6(f.reshape(f.shape[0], -1)))
     h = self.dropout(h, deterministic=not train)
-    coarse = l2_normalize(self.fc7(h))
+    # Normalised (and then ranked and trained on) in float32.
+    coarse = l2_normalize(precision.to_float32(self.fc7(h)))
     if not self.coarse_fine_fusion:
       return coarse
-    fine = l2_normalize(jnp.sum(f, axis=(1, 2)))
+    fine = l2_normalize(jnp.sum(precision.to_float32(f), axis=(1, 2)))
     return jnp.concatenate([coarse, fine], axis=-1)
 
   def embed(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
     return self.head(self.trunk_map(x_BxHxWx1, train), train)
 
   def attention_mask(self, x_BxHxWx1: jax.Array) -> Optional[jax.Array]:
-    return self.attend(x_BxHxWx1)[1]
+    return precision.to_float32(self.attend(x_BxHxWx1)[1])  # For pictures: float32.
 
   def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
     """Embeds x and touches the energy, so `init` creates every parameter."""

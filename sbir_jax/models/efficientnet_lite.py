@@ -16,7 +16,7 @@ Submodule names mirror the EfficientNet-PyTorch state dict (`conv_stem`,
 `conv_head`, `bn1`, `fc`) so `convert_efficientnet.py` maps them one to one.
 """
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,8 +48,9 @@ _BN_MOMENTUM = 0.99
 _BN_EPSILON = 1e-3
 
 
-def _batch_norm(name: Optional[str] = None) -> nn.BatchNorm:
-  return nn.BatchNorm(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
+def _batch_norm(name: Optional[str] = None, dtype: Optional[Any] = None) -> nn.BatchNorm:
+  # flax computes the statistics in float32 whatever `dtype` (the output's).
+  return nn.BatchNorm(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype, name=name)
 
 
 class PointwiseConv(nn.Module):
@@ -57,20 +58,23 @@ class PointwiseConv(nn.Module):
   parameter name, shape and initialiser, and on CPU its gradient takes about
   half the time of XLA's convolution gradient (measured at 96x20x20x80->480)."""
   features: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (1, 1, x_BxHxWxC.shape[-1], self.features))
+    if self.dtype is not None:
+      x_BxHxWxC = x_BxHxWxC.astype(self.dtype)
     return jnp.einsum('bhwc,cd->bhwd', x_BxHxWxC, kernel[0, 0].astype(x_BxHxWxC.dtype))
 
 
 def _conv(features: int, kernel: int, stride: int = 1,
-          name: Optional[str] = None) -> nn.Module:
+          name: Optional[str] = None, dtype: Optional[Any] = None) -> nn.Module:
   if kernel == 1 and stride == 1:
-    return PointwiseConv(features, name=name)
+    return PointwiseConv(features, dtype=dtype, name=name)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME',
-                 use_bias=False, name=name)
+                 use_bias=False, dtype=dtype, name=name)
 
 
 def check_variant(variant: str) -> str:
@@ -135,6 +139,7 @@ class MBConvBlock(nn.Module):
   expand_ratio: int
   drop_connect_rate: float = 0.0
   frozen_batch_norm: bool = False  # See EfficientNetLite0.
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -142,14 +147,14 @@ class MBConvBlock(nn.Module):
     hidden = self.in_channels * self.expand_ratio
     running = self.frozen_batch_norm or not train
     if self.expand_ratio != 1:  # Block 0 has no expand conv (and no bn0).
-      x = _conv(hidden, 1, name='expand_conv')(x)
-      x = jax.nn.relu6(_batch_norm('bn0')(x, use_running_average=running))
+      x = _conv(hidden, 1, name='expand_conv', dtype=self.dtype)(x)
+      x = jax.nn.relu6(_batch_norm('bn0', self.dtype)(x, use_running_average=running))
     # Not nn.Conv(feature_group_count=hidden): see depthwise.py for why.
     x = depthwise.DepthwiseConv(hidden, self.kernel, self.stride,
                                 name='depthwise_conv')(x)
-    x = jax.nn.relu6(_batch_norm('bn1')(x, use_running_average=running))
-    x = _conv(self.out_channels, 1, name='project_conv')(x)
-    x = _batch_norm('bn2')(x, use_running_average=running)
+    x = jax.nn.relu6(_batch_norm('bn1', self.dtype)(x, use_running_average=running))
+    x = _conv(self.out_channels, 1, name='project_conv', dtype=self.dtype)(x)
+    x = _batch_norm('bn2', self.dtype)(x, use_running_average=running)
     if self.stride == 1 and self.in_channels == self.out_channels:
       # Drop connect (stochastic depth): drop the whole branch per example.
       x = nn.Dropout(self.drop_connect_rate, broadcast_dims=(1, 2, 3))(
@@ -189,21 +194,24 @@ class EfficientNetLite(nn.Module):
   frozen_batch_norm: bool = False
   variant: str = 'lite0'
   frozen_layers: int = 0
+  # Compute dtype (core/precision.py; None = float32); params and BatchNorm
+  # statistics stay float32.
+  dtype: Optional[Any] = None
 
   def setup(self):
     check_frozen_layers(self.frozen_layers, self.variant)
-    self.conv_stem = _conv(STEM_CHANNELS, 3, 2)
-    self.bn0 = _batch_norm()
+    self.conv_stem = _conv(STEM_CHANNELS, 3, 2, dtype=self.dtype)
+    self.bn0 = _batch_norm(dtype=self.dtype)
     configs = block_configs(self.variant)
     # The drop-connect rate grows linearly with depth, as in EfficientNet.
     self.blocks = [
         MBConvBlock(**cfg, drop_connect_rate=self.drop_connect_rate * i / len(configs),
-                    frozen_batch_norm=self.frozen_batch_norm)
+                    frozen_batch_norm=self.frozen_batch_norm, dtype=self.dtype)
         for i, cfg in enumerate(configs)]
-    self.conv_head = _conv(FEATURE_DIM, 1)
-    self.bn1 = _batch_norm()
+    self.conv_head = _conv(FEATURE_DIM, 1, dtype=self.dtype)
+    self.bn1 = _batch_norm(dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
-    self.fc = nn.Dense(self.num_classes)
+    self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
 
   def _after_layer(self, layer: int, x: jax.Array) -> jax.Array:
     """x, cut off from the gradient if layer (1-based) is a frozen one."""

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sbir_jax.core import precision
+
 ENERGIES = ('euclidean', 'weighted', 'mahalanobis', 'holef')
 WEIGHTED_PARAM = 'w_pre_softplus'
 
@@ -82,7 +84,9 @@ class Energy(nn.Module):
     return None
 
   def pairwise(self, s_BxD: jax.Array, p_NxD: jax.Array) -> jax.Array:
-    """Energy of every sketch against every photo, (B, N)."""
+    """Energy of every sketch against every photo, (B, N); in float32
+    whatever the compute dtype of the embeddings."""
+    s_BxD, p_NxD = precision.to_float32((s_BxD, p_NxD))
     if self.kind == 'weighted':  # No square root of w: finite gradients at w -> 0.
       w = weighted_energy_weights(self.w_pre_softplus)
       return ((s_BxD ** 2) @ w)[:, None] + ((p_NxD ** 2) @ w)[None, :] \
@@ -97,7 +101,8 @@ class Energy(nn.Module):
             - 2.0 * s_BxD @ self.W @ p_NxD.T)
 
   def paired(self, s_BxD: jax.Array, p_BxD: jax.Array) -> jax.Array:
-    """Energy of row-aligned pairs, (B,)."""
+    """Energy of row-aligned pairs, (B,); in float32 like `pairwise`."""
+    s_BxD, p_BxD = precision.to_float32((s_BxD, p_BxD))
     if self.kind == 'weighted':
       w = weighted_energy_weights(self.w_pre_softplus)
       return ((s_BxD - p_BxD) ** 2) @ w

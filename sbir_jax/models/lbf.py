@@ -27,7 +27,7 @@ features). Both are L2-normalised and scaled (learnable, from 4.0) as in TIRG.
 "big" / "small" are the paper's K = 36 / 18 entities: grids 6x6 and 3x6 here
 (`ENTITY_GRIDS`), both exact; with given boxes, at most K boxes per image.
 """
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -56,28 +56,34 @@ class Lbf(nn.Module):
   max_text_length: int = 16
   backbone: str = 'small_cnn'
   cnn_width: int = 64
+  # Compute dtype (core/precision.py; None = float32); parameters stay
+  # float32, and so do f and g (ScaledL2Normalize casts them).
+  dtype: Optional[Any] = None
 
   def setup(self):
     if self.entities_from not in ENTITY_SOURCES:
       raise ValueError(f'entities_from={self.entities_from!r}; use one of '
                        f'{ENTITY_SOURCES}.')
     if self.entities_from != 'region_features':
-      self.cnn = enc.make_image_backbone(self.backbone, self.cnn_width)
-    self.visual_fc = nn.Dense(self.dim)  # e_i
-    self.position_fc = nn.Dense(self.dim)  # p_i
-    self.entity_fc = nn.Dense(self.dim)  # c_i = Linear(avg(e_i, p_i))
-    self.vep = [attention.SelfAttentionLayer(self.num_heads, self.dim)
+      self.cnn = enc.make_image_backbone(self.backbone, self.cnn_width, self.dtype)
+    dense = lambda: nn.Dense(self.dim, dtype=self.dtype)
+    self.visual_fc = dense()  # e_i
+    self.position_fc = dense()  # p_i
+    self.entity_fc = dense()  # c_i = Linear(avg(e_i, p_i))
+    self.vep = [attention.SelfAttentionLayer(self.num_heads, self.dim, self.dtype)
                 for _ in range(self.vep_layers)]
-    self.word_embedding = nn.Embed(self.vocab_size, self.dim)
-    self.word_position = nn.Embed(self.max_text_length, self.dim)
-    self.tep = [attention.SelfAttentionLayer(self.num_heads, self.dim)
+    self.word_embedding = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype)
+    self.word_position = nn.Embed(self.max_text_length, self.dim, dtype=self.dtype)
+    self.tep = [attention.SelfAttentionLayer(self.num_heads, self.dim, self.dtype)
                 for _ in range(self.tep_layers)]
-    self.entities_to_words = [attention.CrossAttentionLayer(self.num_heads, self.dim)
+    self.entities_to_words = [attention.CrossAttentionLayer(self.num_heads, self.dim,
+                                                            self.dtype)
                               for _ in range(self.cross_layers)]
-    self.words_to_entities = [attention.CrossAttentionLayer(self.num_heads, self.dim)
+    self.words_to_entities = [attention.CrossAttentionLayer(self.num_heads, self.dim,
+                                                            self.dtype)
                               for _ in range(self.cross_layers)]
-    self.words_fc = nn.Dense(self.dim)
-    self.head = nn.Dense(self.dim)  # Shared by f and g: one embedding space.
+    self.words_fc = dense()
+    self.head = dense()  # Shared by f and g: one embedding space.
     self.normalize = enc.ScaledL2Normalize()
 
   @property

@@ -22,13 +22,14 @@ gets the RGB stem kernel summed over its input channels: its response to a
 grey image equals the RGB stem's to that image repeated thrice). `freeze_backbone_layers` stops the
 gradient of the backbone's first N layers.
 """
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbir_jax.core import precision
 from sbir_jax.models import dssa
 from sbir_jax.models import efficientnet_lite
 from sbir_jax.models import energies
@@ -57,15 +58,15 @@ class TwoTowers(dssa.DSSA):
     super().setup()
     self.backbone = efficientnet_lite.EfficientNetLite0(
         drop_connect_rate=self.drop_connect_rate,
-        frozen_batch_norm=self.frozen_batch_norm)
-    self.projection = nn.Dense(self.output_dim)
+        frozen_batch_norm=self.frozen_batch_norm, dtype=self.dtype)
+    self.projection = nn.Dense(self.output_dim, dtype=self.dtype)
 
   def embed_sketches(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
     return self.embed(x_BxHxWx1, train)
 
   def embed_photos(self, x_BxHxWx3: jax.Array, train: bool = False) -> jax.Array:
     f_BxF = self.backbone.pooled_features(x_BxHxWx3, train)
-    return normalize_parts(self.projection(f_BxF), self.part_dims)
+    return normalize_parts(precision.to_float32(self.projection(f_BxF)), self.part_dims)
 
   def embed_pair(self, sketch_BxHxWx1: jax.Array, photo_NxHxWx3: jax.Array,
                  train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -85,6 +86,7 @@ class SharedStem(dssa.EnergyModel):
   energy: str = 'holef'
   frozen_batch_norm: bool = True
   drop_connect_rate: float = 0.2
+  dtype: Optional[Any] = None  # Compute dtype; params and embeddings float32.
 
   @property
   def output_dim(self) -> int:
@@ -93,17 +95,17 @@ class SharedStem(dssa.EnergyModel):
   def setup(self):
     net = lambda: efficientnet_lite.EfficientNetLite0(
         drop_connect_rate=self.drop_connect_rate,
-        frozen_batch_norm=self.frozen_batch_norm)
+        frozen_batch_norm=self.frozen_batch_norm, dtype=self.dtype)
     self.backbone = net()  # Its own stem is the photo stem.
     # Only this network's `stem` is ever called, so only the stem's variables
     # (conv_stem, bn0) exist: the sketch stem, named like the photo stem.
     self.sketch_stem = net()
-    self.projection = nn.Dense(self.embed_dim)
+    self.projection = nn.Dense(self.embed_dim, dtype=self.dtype)
     self.energy_fn = energies.Energy(self.energy, self.embed_dim, name='energy')
 
   def _embed_stem_output(self, x_BxHxWx32: jax.Array, train: bool) -> jax.Array:
     f = jnp.mean(self.backbone.blocks_and_head(x_BxHxWx32, train), axis=(1, 2))
-    return dssa.l2_normalize(self.projection(f))
+    return dssa.l2_normalize(precision.to_float32(self.projection(f)))
 
   def embed_sketches(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
     return self._embed_stem_output(self.sketch_stem.stem(x_BxHxWx1, train), train)

@@ -4,8 +4,11 @@ conv1-conv5 with their max-pools, producing the conv5 feature map f that DSSA
 attends over (7x7x256 for a 225x225 input). The fully connected head lives in
 `dssa.py` because DSSA computes it from the attended map.
 """
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
@@ -15,6 +18,7 @@ def _max_pool(x: jax.Array) -> jax.Array:
 class SketchANetTrunk(nn.Module):
   """conv1..pool5 of Sketch-a-Net; input (B, H, W, 1), output (B, h, w, C)."""
   width_multiplier: float = 1.0  # 1.0 is the paper; smaller only for quick tests.
+  dtype: Optional[Any] = None  # Compute dtype (core/precision.py); params float32.
 
   @nn.compact
   def __call__(self, x_BxHxWx1: jax.Array) -> jax.Array:
@@ -23,12 +27,14 @@ class SketchANetTrunk(nn.Module):
                        'Sketch-a-Net; use config.data.crop_size >= 97.')
     w = lambda c: max(1, int(round(c * self.width_multiplier)))
     x = nn.relu(nn.Conv(w(64), (15, 15), strides=3, padding='VALID',
-                        name='conv1')(x_BxHxWx1))
+                        dtype=self.dtype, name='conv1')(x_BxHxWx1))
     x = _max_pool(x)
-    x = nn.relu(nn.Conv(w(128), (5, 5), padding='VALID', name='conv2')(x))
+    x = nn.relu(nn.Conv(w(128), (5, 5), padding='VALID', dtype=self.dtype,
+                        name='conv2')(x))
     x = _max_pool(x)
     for i in (3, 4, 5):
-      x = nn.relu(nn.Conv(w(256), (3, 3), padding='SAME', name=f'conv{i}')(x))
+      x = nn.relu(nn.Conv(w(256), (3, 3), padding='SAME', dtype=self.dtype,
+                          name=f'conv{i}')(x))
     return _max_pool(x)
 
 
@@ -54,10 +60,13 @@ class SketchANetClassifier(nn.Module):
   fc6_dim: int = 512
   dropout_rate: float = 0.5
   width_multiplier: float = 1.0
+  dtype: Optional[Any] = None  # Compute dtype; the logits are float32.
 
   @nn.compact
   def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
-    f = SketchANetTrunk(self.width_multiplier, name='trunk')(x_BxHxWx1)
-    h = nn.relu(nn.Dense(self.fc6_dim, name='fc6')(f.reshape(f.shape[0], -1)))
+    f = SketchANetTrunk(self.width_multiplier, self.dtype, name='trunk')(x_BxHxWx1)
+    h = nn.relu(nn.Dense(self.fc6_dim, dtype=self.dtype, name='fc6')(
+        f.reshape(f.shape[0], -1)))
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    return nn.Dense(self.num_classes, name='classifier')(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(h)
+    return logits.astype(jnp.float32)

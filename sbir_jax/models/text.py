@@ -6,7 +6,7 @@ unknown token: words never seen in training (e.g. at test time) map to it and
 never crash. An empty text is an error (there is nothing to compose with).
 """
 import string
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -59,11 +59,15 @@ class LstmTextEncoder(nn.Module):
   Linear (TIRG's 0.1 dropout before it is left out: no dropout rng here)."""
   vocab_size: int
   dim: int
+  dtype: Optional[Any] = None  # Compute dtype (core/precision.py); params float32.
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
-    x_BxLxD = nn.Embed(self.vocab_size, self.dim, name='embedding')(tokens_BxL)
-    carry, _ = nn.RNN(nn.OptimizedLSTMCell(self.dim), return_carry=True,
+    x_BxLxD = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype,
+                       name='embedding')(tokens_BxL)
+    # The LSTM's gates in the compute dtype; its carry (c, h) stays float32
+    # (flax's initial carry), so a long text accumulates no bfloat16 rounding.
+    carry, _ = nn.RNN(nn.OptimizedLSTMCell(self.dim, dtype=self.dtype), return_carry=True,
                       name='lstm')(x_BxLxD, seq_lengths=lengths(tokens_BxL))
     _, hidden_BxD = carry  # (c, h) at each text's last word.
-    return nn.Dense(self.dim, name='fc_output')(hidden_BxD)
+    return nn.Dense(self.dim, dtype=self.dtype, name='fc_output')(hidden_BxD)

@@ -9,6 +9,8 @@ uses BatchNorm there; we use LayerNorm (the trainer keeps no batch
 statistics). Queries and targets are L2-normalised and scaled by a learnable
 factor initialised to 4.0.
 """
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,15 +24,19 @@ class Tirg(nn.Module):
   dim: int = 512  # TIRG's embed_dim.
   backbone: str = 'small_cnn'
   cnn_width: int = 64
+  # Compute dtype (core/precision.py; None = float32); params and the
+  # normalised outputs stay float32.
+  dtype: Optional[Any] = None
 
   def setup(self):
-    self.image_encoder = enc.GlobalImageEncoder(self.dim, self.backbone, self.cnn_width)
-    self.text_encoder = text.LstmTextEncoder(self.vocab_size, self.dim)
-    self.gate_norm = nn.LayerNorm()
-    self.gate_fc = nn.Dense(self.dim)
-    self.residual_norm = nn.LayerNorm()
-    self.residual_fc1 = nn.Dense(2 * self.dim)
-    self.residual_fc2 = nn.Dense(self.dim)
+    self.image_encoder = enc.GlobalImageEncoder(self.dim, self.backbone, self.cnn_width,
+                                                self.dtype)
+    self.text_encoder = text.LstmTextEncoder(self.vocab_size, self.dim, self.dtype)
+    self.gate_norm = nn.LayerNorm(dtype=self.dtype)
+    self.gate_fc = nn.Dense(self.dim, dtype=self.dtype)
+    self.residual_norm = nn.LayerNorm(dtype=self.dtype)
+    self.residual_fc1 = nn.Dense(2 * self.dim, dtype=self.dtype)
+    self.residual_fc2 = nn.Dense(self.dim, dtype=self.dtype)
     self.weights = self.param('weights', lambda _: jnp.asarray([1.0, 10.0]))
     self.normalize = enc.ScaledL2Normalize()
 

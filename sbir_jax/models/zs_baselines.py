@@ -11,7 +11,7 @@
   fitted on the seen classes, and the gallery is ranked by the cosine between
   the projected sketch and the projected photos.
 """
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import numpy as np
@@ -23,10 +23,11 @@ class Regression(nn.Module):
   """x_sketch -> hidden ReLU layers -> x_img (ReLU, as photo features are >= 0)."""
   feature_dim: int
   hidden_dims: Sequence[int] = (2048,)
+  dtype: Optional[Any] = None  # Compute dtype; the output is float32.
 
   @nn.compact
   def __call__(self, sketch_BxD):
-    return zs_cvae.Mlp(self.hidden_dims, self.feature_dim)(sketch_BxD)
+    return zs_cvae.Mlp(self.hidden_dims, self.feature_dim, dtype=self.dtype)(sketch_BxD)
 
 
 def eszsl_projection(x_NxD: np.ndarray, labels_N: np.ndarray,

@@ -18,11 +18,13 @@ Choices where the paper is silent (config fields):
   weak early gradients).
 The discriminator has its own parameters and optimizer group (tasks/zs_sbir/task.py).
 """
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
+
+from sbir_jax.core import precision
 
 from sbir_jax.models import zs_cvae
 
@@ -32,21 +34,24 @@ class DeterministicEncoder(nn.Module):
   hidden_dims: Sequence[int] = (4096, 2048)
   latent_dim: int = 1024
   dropout_rate: float = 0.3
+  dtype: Optional[Any] = None  # Compute dtype; z comes out float32.
 
   @nn.compact
   def __call__(self, img_BxD, sketch_BxD, train: bool):
     h = zs_cvae.encoder_trunk(img_BxD, sketch_BxD, self.hidden_dims,
-                              self.dropout_rate, train)
-    return nn.Dense(self.latent_dim, name='z')(h)
+                              self.dropout_rate, train, self.dtype)
+    return precision.to_float32(nn.Dense(self.latent_dim, dtype=self.dtype, name='z')(h))
 
 
 class Discriminator(nn.Module):
   """D(z): logit of "z was drawn from the prior N(0, I)"."""
   hidden_dims: Sequence[int] = (512, 512)
+  dtype: Optional[Any] = None  # Compute dtype; the logits are float32.
 
   @nn.compact
   def __call__(self, z_BxZ):
-    return zs_cvae.Mlp(self.hidden_dims, 1, relu_output=False)(z_BxZ)[:, 0]
+    return zs_cvae.Mlp(self.hidden_dims, 1, relu_output=False,
+                       dtype=self.dtype)(z_BxZ)[:, 0]
 
 
 class CAAE(nn.Module):
@@ -57,12 +62,14 @@ class CAAE(nn.Module):
   decoder_dims: Sequence[int] = (2048,)
   regulariser_dims: Sequence[int] = (2048,)
   dropout_rate: float = 0.3
+  dtype: Optional[Any] = None  # As zs_cvae.CVAE's.
 
   def setup(self):
     self.encoder = DeterministicEncoder(self.encoder_dims, self.latent_dim,
-                                        self.dropout_rate)
-    self.decoder = zs_cvae.Mlp(self.decoder_dims, self.feature_dim)
-    self.regulariser = zs_cvae.Mlp(self.regulariser_dims, self.feature_dim)
+                                        self.dropout_rate, self.dtype)
+    self.decoder = zs_cvae.Mlp(self.decoder_dims, self.feature_dim, dtype=self.dtype)
+    self.regulariser = zs_cvae.Mlp(self.regulariser_dims, self.feature_dim,
+                                   dtype=self.dtype)
 
   def decode(self, z_BxZ, sketch_BxD):
     return self.decoder(jnp.concatenate([z_BxZ, sketch_BxD], axis=-1))

@@ -18,11 +18,13 @@ At test time z ~ N(0, I) and the decoder alone turns a sketch into photo
 features (`decode`). The widths are config fields with the paper's values
 (for 4096-d VGG fc7); the output widths follow the feature dimension.
 """
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from sbir_jax.core import precision
 
 # Keras BatchNormalization defaults (the released code's framework).
 BATCH_NORM = dict(momentum=0.99, epsilon=1e-3)
@@ -30,7 +32,7 @@ BATCH_NORM = dict(momentum=0.99, epsilon=1e-3)
 
 def encoder_trunk(img_BxD: jax.Array, sketch_BxD: jax.Array,
                   hidden_dims: Sequence[int], dropout_rate: float,
-                  train: bool) -> jax.Array:
+                  train: bool, dtype: Optional[Any] = None) -> jax.Array:
   """concat -> (Dense, ReLU, BN) per width, dropout after the first block.
 
   Called inside a compact method, so its layers belong to (and are named in)
@@ -38,8 +40,8 @@ def encoder_trunk(img_BxD: jax.Array, sketch_BxD: jax.Array,
   """
   h = jnp.concatenate([img_BxD, sketch_BxD], axis=-1)
   for i, width in enumerate(hidden_dims):
-    h = nn.relu(nn.Dense(width)(h))
-    h = nn.BatchNorm(use_running_average=not train, **BATCH_NORM)(h)
+    h = nn.relu(nn.Dense(width, dtype=dtype)(h))
+    h = nn.BatchNorm(use_running_average=not train, dtype=dtype, **BATCH_NORM)(h)
     if i == 0:  # Dropout after the first block only, as in the paper.
       h = nn.Dropout(dropout_rate, deterministic=not train)(h)
   return h
@@ -50,13 +52,15 @@ class Encoder(nn.Module):
   hidden_dims: Sequence[int] = (4096, 2048)
   latent_dim: int = 1024
   dropout_rate: float = 0.3
+  dtype: Optional[Any] = None  # Compute dtype; mu and logvar come out float32.
 
   @nn.compact
   def __call__(self, img_BxD, sketch_BxD, train: bool):
-    h = encoder_trunk(img_BxD, sketch_BxD, self.hidden_dims, self.dropout_rate, train)
-    mu_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='mu')(h))
-    logvar_BxZ = jnp.tanh(nn.Dense(self.latent_dim, name='logvar')(h))
-    return mu_BxZ, logvar_BxZ
+    h = encoder_trunk(img_BxD, sketch_BxD, self.hidden_dims, self.dropout_rate, train,
+                      self.dtype)
+    head = lambda name: precision.to_float32(
+        nn.Dense(self.latent_dim, dtype=self.dtype, name=name)(h))
+    return jnp.tanh(head('mu')), jnp.tanh(head('logvar'))
 
 
 class Mlp(nn.Module):
@@ -64,12 +68,13 @@ class Mlp(nn.Module):
   hidden_dims: Sequence[int]
   out_dim: int
   relu_output: bool = True
+  dtype: Optional[Any] = None  # Compute dtype; the output is float32.
 
   @nn.compact
   def __call__(self, x):
     for width in self.hidden_dims:
-      x = nn.relu(nn.Dense(width)(x))
-    x = nn.Dense(self.out_dim)(x)
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+    x = precision.to_float32(nn.Dense(self.out_dim, dtype=self.dtype)(x))
     return nn.relu(x) if self.relu_output else x
 
 
@@ -91,11 +96,15 @@ class CVAE(nn.Module):
   decoder_dims: Sequence[int] = (2048,)
   regulariser_dims: Sequence[int] = (2048,)
   dropout_rate: float = 0.3
+  # Compute dtype (core/precision.py; None = float32); params, z and every
+  # output the losses read stay float32.
+  dtype: Optional[Any] = None
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_dims, self.latent_dim, self.dropout_rate)
-    self.decoder = Mlp(self.decoder_dims, self.feature_dim)
-    self.regulariser = Mlp(self.regulariser_dims, self.feature_dim)
+    self.encoder = Encoder(self.encoder_dims, self.latent_dim, self.dropout_rate,
+                           self.dtype)
+    self.decoder = Mlp(self.decoder_dims, self.feature_dim, dtype=self.dtype)
+    self.regulariser = Mlp(self.regulariser_dims, self.feature_dim, dtype=self.dtype)
 
   def decode(self, z_BxZ, sketch_BxD):
     """p(x_img | z, x_sketch): photo features from noise and a sketch."""

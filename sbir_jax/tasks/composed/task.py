@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 
 from sbir_jax import losses
 from sbir_jax import pictures
+from sbir_jax.core import precision
 from sbir_jax.core import sharding
 from sbir_jax.core import state as state_lib
 from sbir_jax.datasets import preparation
@@ -86,8 +87,9 @@ class ComposedSplit:
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int):
   m = config.model
+  # dtype: the compute dtype (None = float32); f and g come out float32.
   common = dict(vocab_size=vocab_size, dim=m.dim, backbone=m.backbone,
-                cnn_width=m.cnn_width)
+                cnn_width=m.cnn_width, dtype=precision.compute_dtype(config))
   if m.name == 'lbf':
     if m.size not in lbf.ENTITY_GRIDS:
       raise ValueError(f'config.model.size={m.size!r}; use big or small.')

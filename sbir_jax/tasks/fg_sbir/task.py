@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from sbir_jax import losses
+from sbir_jax.core import precision
 from sbir_jax.core import sharding
 from sbir_jax.core import state as state_lib
 from sbir_jax.datasets import image_pipeline
@@ -58,8 +59,11 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   if m.name not in ('dssa', *RGB_MODELS):
     raise ValueError(f'config.model.name={m.name!r}; the fg_sbir task knows '
                      f'"dssa", {", ".join(map(repr, RGB_MODELS))}.')
+  # dtype: the compute dtype (None = float32); parameters, energies and the
+  # embeddings the losses see stay float32.
   efficientnet = dict(frozen_batch_norm=m.frozen_batch_norm,
-                      drop_connect_rate=m.drop_connect_rate)
+                      drop_connect_rate=m.drop_connect_rate,
+                      dtype=precision.compute_dtype(config))
   # DSSA's trunk: DSSA itself, and the sketch tower of the two-tower model.
   trunk = dict(trunk=dssa.check_trunk(m.trunk), frozen_trunk_layers=m.frozen_trunk_layers)
   if m.name == 'dssa':
@@ -284,18 +288,21 @@ class FgSbirTask:
     return jax.jit(energy)
 
   def embed_images(self, variables: dict, images: np.ndarray,
-                   domain: Optional[str] = None) -> np.ndarray:
+                   domain: Optional[str] = None,
+                   batch_size: Optional[int] = None) -> np.ndarray:
     """(N, c, c, C) uint8 -> (N, D) float, batched, padded, sharded on `data`.
 
     domain: 'sketch' ((N, c, c, 1)) or 'photo' ((N, c, c, 3) RGB for the RGB
     models); DSSA embeds both with its one branch, so there it may be omitted.
+    batch_size: rows per call (default config.eval.batch_size); the server
+    passes small ones so one query does not pay for a padded evaluation batch.
     """
     if domain is None and self.rgb:
       raise ValueError(f'{self.config.model.name} embeds each domain with its own '
                        "layers: pass domain='sketch' or domain='photo'.")
     fn = self._embed_fns[rgb_dssa.check_domain(domain or 'sketch')]
     return sharding.map_batches(functools.partial(fn, variables), images,
-                                self.config.eval.batch_size, self.mesh)
+                                batch_size or self.config.eval.batch_size, self.mesh)
 
   def split_views(self, split: str):
     """(sketch views (N, V, c, c, 1), photo views (M, V, c, c, C)) of a split."""

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sbir_jax.datasets import image_pipeline
+from sbir_jax.core import precision
 from sbir_jax.core import sharding
 from sbir_jax.datasets import preparation
 from sbir_jax.datasets import sketch_classes
@@ -115,7 +116,8 @@ class SketchClassificationTask:
     m = self.config.model
     return sketch_a_net.SketchANetClassifier(
         num_classes=len(self.class_names), fc6_dim=m.fc6_dim,
-        dropout_rate=m.dropout_rate, width_multiplier=m.width_multiplier)
+        dropout_rate=m.dropout_rate, width_multiplier=m.width_multiplier,
+        dtype=precision.compute_dtype(self.config))
 
   def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     size = self.config.data.crop_size

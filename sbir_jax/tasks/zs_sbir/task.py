@@ -37,6 +37,7 @@ from absl import logging
 from sbir_jax import image_sets
 from sbir_jax import ops
 from sbir_jax import pictures
+from sbir_jax.core import precision
 from sbir_jax.core import sharding
 from sbir_jax.tasks.zs_sbir import baselines
 from sbir_jax.tasks.zs_sbir import features
@@ -244,14 +245,15 @@ class ZsSbirTask:
                   latent_dim=m.latent_dim, decoder_dims=tuple(m.decoder_dims),
                   regulariser_dims=tuple(m.regulariser_dims),
                   dropout_rate=m.dropout_rate)
+    dtype = precision.compute_dtype(config)  # None: float32.
     if m.name == 'cvae':
-      self.model = zs_cvae.CVAE(**common)
+      self.model = zs_cvae.CVAE(**common, dtype=dtype)
     elif m.name == 'caae':
-      self.model = zs_caae.CAAE(**common)
-      self.disc = zs_caae.Discriminator(tuple(m.disc_dims))
+      self.model = zs_caae.CAAE(**common, dtype=dtype)
+      self.disc = zs_caae.Discriminator(tuple(m.disc_dims), dtype=dtype)
       zs_caae.generator_adversarial_loss(jnp.zeros(1), m.adversarial_loss)  # Validates.
     elif m.name == 'regression':
-      self.model = zs_baselines.Regression(d, tuple(m.regression_dims))
+      self.model = zs_baselines.Regression(d, tuple(m.regression_dims), dtype=dtype)
     else:
       raise ValueError(f'config.model.name={m.name!r}; the zs_sbir task knows '
                        'cvae, caae, regression.')
