@@ -7,6 +7,7 @@ images are, and centre-cropped to `crop_size` as the evaluation's one view. A
 file that cannot be used (missing, empty, not an image, too small, blank) is
 refused with an `ImageFileError` that names it and says what to give instead.
 """
+import io
 import os
 
 import numpy as np
@@ -61,8 +62,21 @@ def read_image(path: str, rgb: bool) -> np.ndarray:
   if os.path.getsize(path) == 0:
     raise ImageFileError(f'{path} is empty (0 bytes); give a sketch image '
                          '(PNG or JPEG).')
+  return _decode(path, path, rgb)
+
+
+def read_image_bytes(data: bytes, name: str, rgb: bool = False) -> np.ndarray:
+  """As `read_image`, for the bytes of an uploaded file called `name`."""
+  if not data:
+    raise ImageFileError(f'{name} is empty (0 bytes); give a sketch image '
+                         '(PNG or JPEG).')
+  return _decode(io.BytesIO(data), name, rgb)
+
+
+def _decode(source, name: str, rgb: bool) -> np.ndarray:
+  """A file (path or file object) -> (RAW_SIZE, RAW_SIZE[, 3]) uint8 on white."""
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       image.seek(0)  # First frame of an animation.
       image.load()
       # Phone photos of paper sketches carry their rotation in EXIF.
@@ -70,11 +84,12 @@ def read_image(path: str, rgb: bool) -> np.ndarray:
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     # PIL: UnidentifiedImageError (an OSError) for non-images, OSError for
     # truncated data, DecompressionBombError for absurd sizes.
-    raise ImageFileError(f'{path} is not an image that can be read ({e}); give a '
+    reason = str(e).replace(repr(source), 'the data')  # No object reprs for uploads.
+    raise ImageFileError(f'{name} is not an image that can be read ({reason}); give a '
                          'sketch as PNG or JPEG.') from e
   width, height = grey.size
   if min(width, height) < MIN_IMAGE_SIDE:
-    raise ImageFileError(f'{path} is {width}x{height} pixels: too small to hold a '
+    raise ImageFileError(f'{name} is {width}x{height} pixels: too small to hold a '
                          f'sketch (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; '
                          f'the data is {RAW_SIZE}x{RAW_SIZE}).')
   if width != height:
@@ -110,9 +125,19 @@ def load_photo(path: str, load_size: int, photo_input: str,
 
 def load_query(path: str, load_size: int) -> np.ndarray:
   """A query sketch at load size; refuses a blank picture (nothing to match)."""
-  image = load_image(path, load_size)
+  return _check_not_blank(load_image(path, load_size), path)
+
+
+def load_query_bytes(data: bytes, name: str, load_size: int) -> np.ndarray:
+  """As `load_query`, for the bytes of an uploaded file (the same conversion,
+  so an upload ranks exactly as the same file given to --mode=retrieve)."""
+  grey = read_image_bytes(data, name)[None, ..., None]
+  return _check_not_blank(image_pipeline.resize_images(grey, load_size)[0], name)
+
+
+def _check_not_blank(image: np.ndarray, name: str) -> np.ndarray:
   if image.min() == image.max():
-    raise ImageFileError(f'{path} is blank (every pixel is {int(image.min())}); '
+    raise ImageFileError(f'{name} is blank (every pixel is {int(image.min())}); '
                          'give a picture with the sketch strokes in it.')
   return image
 

@@ -1,0 +1,1 @@
+"""Search by drawing: a web page and JSON API over `sbir_jax.inference` (`--mode=serve`)."""
