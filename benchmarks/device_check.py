@@ -82,18 +82,6 @@ PEAK_FLOPS: dict[str, dict[str, Any]] = {
                'source': 'cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16 per chip'},
     'TPU v6 lite': {'bfloat16': 918 * _TB, 'float32': None,
                     'source': 'cloud.google.com/tpu/docs/v6e: 918 TFLOPs bf16 per chip'},
-    'NVIDIA A100-SXM4-40GB': {
-        'bfloat16': 312 * _TB, 'float32': 156 * _TB,
-        'source': 'NVIDIA A100 datasheet: 312 TFLOPs bf16 dense, 156 TF32 dense'},
-    'NVIDIA A100-SXM4-80GB': {
-        'bfloat16': 312 * _TB, 'float32': 156 * _TB,
-        'source': 'NVIDIA A100 datasheet: 312 TFLOPs bf16 dense, 156 TF32 dense'},
-    'NVIDIA A100-PCIE-40GB': {
-        'bfloat16': 312 * _TB, 'float32': 156 * _TB,
-        'source': 'NVIDIA A100 datasheet: 312 TFLOPs bf16 dense, 156 TF32 dense'},
-    'NVIDIA A100 80GB PCIe': {
-        'bfloat16': 312 * _TB, 'float32': 156 * _TB,
-        'source': 'NVIDIA A100 datasheet: 312 TFLOPs bf16 dense, 156 TF32 dense'},
     'NVIDIA H100 80GB HBM3': {
         'bfloat16': 989.4 * _TB, 'float32': 494.7 * _TB,
         'source': 'NVIDIA H100 datasheet (SXM): 1,979 TFLOPs bf16 with sparsity '
@@ -112,6 +100,11 @@ PEAK_FLOPS['TPU v5e'] = PEAK_FLOPS['TPU v5 lite']
 PEAK_FLOPS['TPU v5p'] = PEAK_FLOPS['TPU v5']
 PEAK_FLOPS['TPU v6e'] = PEAK_FLOPS['TPU v6 lite']
 PEAK_FLOPS['NVIDIA H200 141GB HBM3e'] = PEAK_FLOPS['NVIDIA H200']
+_A100 = {'bfloat16': 312 * _TB, 'float32': 156 * _TB,
+         'source': 'NVIDIA A100 datasheet: 312 TFLOPs bf16 dense, 156 TF32 dense'}
+for _kind in ('NVIDIA A100-SXM4-40GB', 'NVIDIA A100-SXM4-80GB', 'NVIDIA A100-PCIE-40GB',
+              'NVIDIA A100 80GB PCIe'):
+  PEAK_FLOPS[_kind] = _A100
 
 # Per-section sizes: 'full' on accelerators, 'cpu' on a CPU backend, 'small'
 # with --small. Train steps: (batch, timed steps); pipeline: timed batches.

@@ -40,6 +40,8 @@ import time
 from absl import app
 from absl import flags
 
+from sbir_jax.serve import process as serve_process
+
 flags.DEFINE_string('workdir', None, 'A trained FG-SBIR run (default: train `cpu` '
                     'for 2 steps into a temporary folder).')
 flags.DEFINE_string('config', 'configs/shoes.py:cpu', 'Config of that run.')
@@ -364,11 +366,7 @@ def _serve_and_measure(kind: str, workdir: str, uploads: list) -> dict:
     levels = [_run(_level(port, uploads, requests, int(c), profile))
               for c in FLAGS.concurrency]
   finally:
-    proc.terminate()
-    try:
-      proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      proc.kill()
+    serve_process.stop(proc)
   return {'gallery': kind, 'gallery_size': int(size), 'dim': int(dim),
           'start_s': round(ready_s, 1), 'levels': levels}
 

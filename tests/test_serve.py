@@ -20,6 +20,7 @@ from PIL import Image
 from sbir_jax import inference
 from sbir_jax.core import trainer
 from sbir_jax.serve import batcher as batcher_lib
+from sbir_jax.serve import process as serve_process
 from sbir_jax.serve import server
 from sbir_jax.tasks.fg_sbir import gallery_file
 from sbir_jax.tasks.fg_sbir import query_images
@@ -454,9 +455,5 @@ def test_page_in_headless_chromium(tiny_run, tmp_path):
     if os.environ.get('SBIR_JAX_SCREENSHOT'):
       shutil.copy(shot, os.environ['SBIR_JAX_SCREENSHOT'])
   finally:
-    serve.terminate()
-    try:
-      serve.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      serve.kill()
+    serve_process.stop(serve, timeout_s=20)
     log.close()
