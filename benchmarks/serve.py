@@ -67,12 +67,8 @@ def _data_root() -> str:
 
 def _config():
   """The config of --config=<file>[:variants], as the command line reads it."""
-  import importlib.util
-  path, _, variants = FLAGS.config.partition(':')
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variants or None)
+  from configs import variants
+  return variants.load_config(FLAGS.config)
 
 
 # --- server role ---------------------------------------------------------------------

@@ -44,3 +44,18 @@ def apply(config: ml_collections.ConfigDict, arg: str | None,
     else:
       for path, value in spec.items():
         set_path(config, path, value)
+
+
+def load_config(config_arg: str) -> ml_collections.ConfigDict:
+  """The config of '<file.py>[:variants]', as `--config=` reads it."""
+  import importlib.util
+  import os
+  path, _, arg = config_arg.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file {path!r} (of {config_arg!r}) not found; '
+                            'give a path such as configs/shoes.py[:variants].')
+  spec = importlib.util.spec_from_file_location(
+      'config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)

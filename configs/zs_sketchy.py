@@ -21,7 +21,9 @@ not compare with the paper's.
 Variants (VARIANTS below): cvae (default), caae, regression, kmeans, tiny
 (configs/zs_sbir/common.py), `sketchy_gallery` (retrieve from the Sketchy
 photos of the unseen classes even when Sketchy-Extended is at hand; not the
-paper's gallery), `subset` (the default data, kept for older commands), and
+paper's gallery), `subset` (the default data, kept for older commands),
+`finetuned_trunk` (features of the seen-class trunk of
+configs/sketchy_seen.py, trained first; put it before `cpu`), and
 `learning`: the size of the CVAE learning test (tests/test_zs_learning.py):
 96 px features, widths 1/8 of the paper's, 300 steps at a higher learning
 rate, 20 samples per query. No accuracy claim beyond that test's.
@@ -29,6 +31,9 @@ rate, 20 samples per query. No accuracy claim beyond that test's.
   python -m sbir_jax.main --config=configs/zs_sketchy.py:cvae
   python -m sbir_jax.main --config=configs/zs_sketchy.py:cvae \
       --config.data.manual_dir=/path/to/sketchy   # photo/, sketch/, extended/
+  python -m sbir_jax.main --config=configs/sketchy_seen.py:zs_trunk_cpu \
+      --workdir=workdir/sketchy_seen_trunk        # then:
+  python -m sbir_jax.main --config=configs/zs_sketchy.py:finetuned_trunk,cpu,cvae
 """
 import ml_collections
 
@@ -48,9 +53,27 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
   config.log_every_steps = 250
 
 
+# The seen-class trunk (configs/sketchy_seen.py) and where it was trained.
+FINETUNED_TRUNK_CONFIG = 'configs/sketchy_seen.py:zs_trunk_cpu'
+FINETUNED_TRUNK_WORKDIR = 'workdir/sketchy_seen_trunk'
+
+
+def _finetuned_trunk(config: ml_collections.ConfigDict) -> None:
+  """Features of the trunk fine-tuned on the seen classes' sketch-photo pairs
+  (configs/sketchy_seen.py:zs_trunk_cpu, trained first into
+  FINETUNED_TRUNK_WORKDIR; its best checkpoint on the validation classes):
+  its 256-d embeddings of 144 px images, centre-cropped to 129 as it was
+  evaluated, and the model widths scaled to them."""
+  config.features.update(
+      extractor='fg_checkpoint', fg_config=FINETUNED_TRUNK_CONFIG,
+      fg_workdir=FINETUNED_TRUNK_WORKDIR, image_size=144, dim=256)
+  common.scale_widths(config, config.features.dim)
+
+
 VARIANTS: dict[str, variants.Spec] = {
     **common.VARIANTS,
     'cpu': _cpu,
+    'finetuned_trunk': _finetuned_trunk,
     'tiny': {
         **common.VARIANTS['tiny'],
         'data.gallery': 'sketchy',
@@ -96,10 +119,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 'sketchy': the Sketchy photos of the unseen classes; 'auto':
       # extended where the manual dir has it, else sketchy (logged).
       gallery='auto',
-      # Seen classes held out as pseudo-unseen validation classes (our
-      # choice: 16 of 104; the paper selects on no stated split).
-      val_class_fraction=0.15,
-      val_split_seed=0,
+      # Seen classes held out as pseudo-unseen validation classes (the
+      # paper selects on no stated split).
+      val_class_fraction=common.VAL_CLASS_FRACTION,
+      val_split_seed=common.VAL_SPLIT_SEED,
       # 0 = all. Caps keep CPU runs short; the paper uses every sketch.
       max_train_sketches_per_class=0,
       max_queries_per_class=0,

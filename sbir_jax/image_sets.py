@@ -23,6 +23,7 @@ class ImageSet:
   labels: np.ndarray  # (N,) str class names.
   reader: Reader = dataclasses.field(repr=False, compare=False)
   photo_ids: np.ndarray | None = None  # (N,) str: the photo a sketch was drawn from.
+  domain: str = 'sketch'  # Or 'photo': which branch of a trained two-domain model.
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -33,7 +34,8 @@ class ImageSet:
     parent = self.reader
     return ImageSet(self.name, self.ids[index], self.labels[index],
                     lambda idx, size, batch: parent(index[idx], size, batch),
-                    None if self.photo_ids is None else self.photo_ids[index])
+                    None if self.photo_ids is None else self.photo_ids[index],
+                    self.domain)
 
 
 def to_rgb(image: np.ndarray, size: int) -> np.ndarray:

@@ -167,9 +167,10 @@ def test_validation_fraction_that_leaves_no_class_is_refused():
   for fraction in (0.0, 1.0):
     data.val_class_fraction = fraction
     with pytest.raises(sketchy.SketchyError, match='val_class_fraction.*no validation class'):
-      zs_task.validation_classes(seen, data)
+      sketchy.validation_classes(seen, data.val_class_fraction, data.val_split_seed)
   data.val_class_fraction = 0.34
-  train, val = zs_task.validation_classes(seen, data)
+  train, val = sketchy.validation_classes(seen, data.val_class_fraction,
+                                          data.val_split_seed)
   assert len(val) == 1 and sorted(train + val) == seen
 
 

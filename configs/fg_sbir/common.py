@@ -120,12 +120,16 @@ VARIANTS: dict[str, variants.Spec] = {
 }
 
 
-def get_config(dataset: str, arg: str | None,
-               source: str = 'qmul_v1') -> ml_collections.ConfigDict:
-  """DSSA on `dataset` of `source` with variants `arg`.
+def get_config(dataset: str, arg: str | None, source: str = 'qmul_v1', *,
+               data_fields: dict | None = None,
+               more_variants: dict[str, variants.Spec] | None = None
+               ) -> ml_collections.ConfigDict:
+  """DSSA on `dataset` of `source` with variants `arg` (of VARIANTS and
+  `more_variants`, a dataset file's own).
 
   source 'qmul_v1': dataset shoes, chairs or handbags; 'qmul_v1_rgb': shoes;
-  'qmul_chair_v2': chairv2 (see sbir_jax/datasets/fg_sources.py).
+  'qmul_chair_v2': chairv2; 'sketchy_seen' (see sbir_jax/datasets/fg_sources.py).
+  data_fields: the source's own config.data fields (or other defaults).
   """
   config = base.base_config('fg_sbir', batch_size=128, num_train_steps=20000)
 
@@ -191,6 +195,9 @@ def get_config(dataset: str, arg: str | None,
       # photo of the batch is also a negative (more signal per image embedded).
       # 'hardest': each anchor's hardest negative in the batch (batch hard).
       negatives='sampled',
+      # 'any' photo but the match (instance level, the paper's) or only
+      # 'other' classes' photos (category level; sources with classes).
+      negative_classes='any',
   )
   config.optimizer.update(name='sgd', learning_rate=1e-3, momentum=0.9)
   config.eval = dict(num_views=10, ks=(1, 10), batch_size=64)
@@ -198,6 +205,8 @@ def get_config(dataset: str, arg: str | None,
   base.add_evals(config, type='accuracy_at_k', pred='distances')
   config.selection_metric = 'val_acc@1'
 
-  variants.apply(config, arg, VARIANTS, 'configs/fg_sbir/common.py')
+  config.data.update(data_fields or {})
+  variants.apply(config, arg, {**VARIANTS, **(more_variants or {})},
+                 'configs/fg_sbir/common.py')
   config.lock()  # Unknown keys in --config.x=y overrides fail loudly.
   return config

@@ -16,6 +16,10 @@ from configs import variants
 
 PAPER_FEATURE_DIM = 4096  # VGG-16 fc7, which the paper's widths are sized for.
 MODELS = ('cvae', 'caae', 'regression')
+# Seen classes held out as pseudo-unseen validation classes (our choice: 16
+# of 104), and the seed that picks them; configs/sketchy_seen.py shares them.
+VAL_CLASS_FRACTION = 0.15
+VAL_SPLIT_SEED = 0
 
 
 def data_path(*parts: str) -> str:
@@ -45,6 +49,12 @@ def base_config(eval_splits: tuple[str, ...]) -> ml_collections.ConfigDict:
       weights='',  # '' = the EfficientNet-Lite0 of the pip package.
       cache_dir=os.path.join('workdir', 'feature_cache'),
       precomputed_dir='',  # For extractor=precomputed: <dir>/<set name>.npz.
+      # For extractor=fg_checkpoint: a trained FG-SBIR model (config and
+      # workdir) embeds the images, e.g. the seen-class trunk of
+      # configs/sketchy_seen.py (variant `finetuned_trunk` of zs_sketchy.py).
+      fg_config='',
+      fg_workdir='',
+      fg_checkpoint='best',
       # True: every feature scaled to norm sqrt(dim) before the models see it
       # (our option; the paper feeds raw fc7). Retrieval is by cosine either way.
       unit_norm=False,

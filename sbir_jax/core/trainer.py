@@ -268,3 +268,16 @@ def restore_for_mode(config: ml_collections.ConfigDict, workdir: str,
   step = checkpointing.resolve_step(manager, checkpoint)  # Fails before any data loads.
   task, state, _ = build(config, sharding.make_mesh())
   return task, checkpointing.restore(manager, step, state)
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str,
+                  checkpoint: str = 'best', mesh: Optional[jax.sharding.Mesh] = None
+                  ) -> tuple[task_lib.Task, Any]:
+  """(task without its data, restored state): the model alone, e.g. to
+  extract features with a trained trunk (tasks/zs_sbir/features.py)."""
+  manager = checkpointing.make_manager(workdir, config.keep_latest, read_only=True)
+  step = checkpointing.resolve_step(manager, checkpoint)
+  mesh = mesh or sharding.make_mesh()
+  task = task_lib.make_task(config, mesh)
+  state = create_state(task, config, mesh)
+  return task, checkpointing.restore(manager, step, state)

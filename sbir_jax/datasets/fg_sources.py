@@ -4,7 +4,14 @@
 - 'qmul_v1': Shoe V1 / Chair V1 / Handbag (`config.data.dataset`) with the
   photos as the edge maps the release ships (sketch i matches photo i);
 - 'qmul_v1_rgb': Shoe V1 with its raw RGB photos;
-- 'qmul_chair_v2': QMUL-Chair-V2, stroke sketches, several per RGB photo.
+- 'qmul_chair_v2': QMUL-Chair-V2, stroke sketches, several per RGB photo;
+- 'sketchy_seen': the Sketchy zero-shot data (e.g. ../shared/data/
+  sketchy_zs_subset), each sketch paired with the RGB photo it was drawn
+  from, split by class as the zero-shot task splits it: train = the seen
+  classes it trains on, val = its held-out validation classes, test = the
+  unseen classes (`sketchy.class_splits`). It fine-tunes a trunk for the
+  zero-shot features (configs/sketchy_seen.py) without ever training on a
+  zero-shot validation or test class; its splits carry `photo_classes`.
 
 Every source becomes a `RawSplit` at the files' 256-pixel size: grey sketches
 (stroke files rendered with `config.data.stroke_width`), photos as
@@ -24,8 +31,9 @@ from sbir_jax.datasets import preparation
 from sbir_jax.datasets import qmul_chair_v2
 from sbir_jax.datasets import qmul_v1
 from sbir_jax.datasets import qmul_v1_rgb
+from sbir_jax.datasets import sketchy
 
-SOURCES = ('qmul_v1', 'qmul_v1_rgb', 'qmul_chair_v2')
+SOURCES = ('qmul_v1', 'qmul_v1_rgb', 'qmul_chair_v2', 'sketchy_seen')
 PHOTO_INPUTS = ('edge', 'rgb')
 
 # source -> (builder factory, what the manual dir must hold).
@@ -49,6 +57,7 @@ class RawSplit:
   photos: np.ndarray  # (M, 256, 256, C) uint8; C = 1 edge map, 3 RGB.
   photo_index: np.ndarray  # (N,) int32: sketch i matches photo photo_index[i].
   triplets: list  # N arrays (p, 2): annotated [more, less similar] photos.
+  photo_classes: np.ndarray | None = None  # (M,) int32 class ids, if known.
 
 
 def check_source(data: ml_collections.ConfigDict) -> str:
@@ -68,6 +77,8 @@ def check_source(data: ml_collections.ConfigDict) -> str:
 def build_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Prepares (if needed) and returns the TFDS builder of `data.source`."""
   source = check_source(data)
+  if source == 'sketchy_seen':
+    return sketchy.build(data.manual_dir, data.tfds_data_dir)
   make, layout = _BUILDERS[source]
   return preparation.prepare(
       lambda: make(data), data.manual_dir,
@@ -116,3 +127,42 @@ def read_split(builder, data: ml_collections.ConfigDict, split: str) -> RawSplit
   if raw.photos.shape[-1] == 3 and data.photo_input == 'edge':
     raw = dataclasses.replace(raw, photos=edge_maps.edge_maps(raw.photos))
   return raw
+
+
+def splits_by_class(data: ml_collections.ConfigDict) -> bool:
+  """Whether the source defines train / val / test itself (by class)."""
+  return check_source(data) == 'sketchy_seen'
+
+
+def _read_images(images, size: int = 256) -> np.ndarray:
+  """All images of an ImageSet, (N, size, size, 3) uint8, in its order."""
+  batches = list(images.reader(np.arange(len(images)), size, 256))
+  return np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
+
+
+def read_class_splits(builder, data: ml_collections.ConfigDict) -> dict[str, RawSplit]:
+  """'sketchy_seen': train / val / test by class, each sketch with its photo."""
+  sketch = sketchy.image_set(builder, 'sketch')
+  photo = sketchy.image_set(builder, 'photo')
+  classes = sketchy.class_splits(sketch.labels, data)
+  class_id = {c: i for i, c in enumerate(sorted(set(sketch.labels.tolist())))}
+  out = {}
+  for name, wanted in classes.items():
+    sketches = sketch.select(np.isin(sketch.labels, wanted))
+    photos = photo.select(np.isin(photo.ids, sketches.photo_ids))
+    row = {k: i for i, k in enumerate(photos.ids.tolist())}
+    unpaired = sorted(set(sketches.photo_ids.tolist()) - set(row))
+    if unpaired:
+      raise sketchy.SketchyError(
+          f'{len(unpaired)} {name} sketch(es) of {data.manual_dir} were drawn from '
+          f'photos missing from its photo/ folder, e.g. {unpaired[:3]}: pairs need '
+          'them. Copy the photo folder of the same Sketchy release.')
+    grey = _read_images(sketches).mean(axis=-1, keepdims=True)
+    raw = RawSplit(np.round(grey).astype(np.uint8), _read_images(photos),
+                   np.array([row[p] for p in sketches.photo_ids.tolist()], np.int32),
+                   [np.zeros((0, 2), np.int32)] * len(sketches),
+                   np.array([class_id[c] for c in photos.labels.tolist()], np.int32))
+    if data.photo_input == 'edge':
+      raw = dataclasses.replace(raw, photos=edge_maps.edge_maps(raw.photos))
+    out[name] = raw
+  return out

@@ -38,6 +38,7 @@ from etils import epath
 from PIL import Image
 
 from sbir_jax.datasets import preparation
+from sbir_jax.datasets import validation
 
 PHOTO_DIRS = ('photo', 'image')
 EXTENDED_DIRS = ('extended', 'EXTEND_image_sketchy')
@@ -223,6 +224,30 @@ def zero_shot_split(present_classes, unseen: list[str],
   return seen, list(unseen)
 
 
+def validation_classes(seen: list[str], fraction: float, seed: int
+                       ) -> tuple[list[str], list[str]]:
+  """(train, val) classes: `fraction` of the seen classes held out as
+  pseudo-unseen ones, chosen by `seed` alone. The zero-shot task and the
+  seen-class trunk fine-tuning (fg_sources 'sketchy_seen') share it, so a
+  fine-tuned trunk never trains on the zero-shot validation classes."""
+  kept, held = validation.hold_out(len(seen), fraction, seed)
+  if not len(held) or not len(kept):
+    raise SketchyError(
+        f'config.data.val_class_fraction={fraction} of {len(seen)} seen classes '
+        'leaves no validation class or no training class; choose a fraction '
+        'that holds out at least one class and keeps one (default 0.15).')
+  return [seen[i] for i in kept], [seen[i] for i in held]
+
+
+def class_splits(sketch_labels, data) -> dict[str, list[str]]:
+  """{'train', 'val', 'test'} classes of the zero-shot split of `data`
+  (split_file, val_class_fraction, val_split_seed, manual_dir)."""
+  unseen = read_unseen_classes(data.split_file)
+  seen, unseen = zero_shot_split(sketch_labels, unseen, data.manual_dir)
+  train, val = validation_classes(seen, data.val_class_fraction, data.val_split_seed)
+  return {'train': train, 'val': val, 'test': unseen}
+
+
 def check_gallery(gallery_classes, unseen: list[str], source: str) -> None:
   """Every unseen class needs at least one photo in the gallery."""
   have = set(np.asarray(gallery_classes).tolist())
@@ -279,4 +304,5 @@ def image_set(builder: Sketchy, split: str):
 
   has_photo = split == 'sketch'
   return image_sets.ImageSet(f'sketchy_{split}', ids, np.array(labels), read,
-                             np.array(photo_ids) if has_photo else None)
+                             np.array(photo_ids) if has_photo else None,
+                             'sketch' if split == 'sketch' else 'photo')

@@ -28,6 +28,7 @@ class PairSplit:
   pairs: np.ndarray  # (N, P, 2) int32, padded
   num_pairs: np.ndarray  # (N,) int32
   photo_index: np.ndarray  # (N,) int32 in [0, M)
+  photo_classes: np.ndarray | None = None  # (M,) int32, for sources with classes.
 
   def __len__(self) -> int:
     """The number of sketches (queries)."""
@@ -58,7 +59,8 @@ def _select(raw: fg_sources.RawSplit, keep_photos: np.ndarray,
   return PairSplit(image_pipeline.resize_images(raw.sketches[keep], load_size),
                    image_pipeline.resize_images(raw.photos[keep_photos], load_size),
                    padded, np.array([len(p) for p in kept_pairs], np.int32),
-                   new_index[raw.photo_index[keep]].astype(np.int32))
+                   new_index[raw.photo_index[keep]].astype(np.int32),
+                   None if raw.photo_classes is None else raw.photo_classes[keep_photos])
 
 
 def build_builder(data: ml_collections.ConfigDict):
@@ -74,6 +76,9 @@ def load_splits(data: ml_collections.ConfigDict) -> dict[str, PairSplit]:
   per photo (QMUL V1) this is the carving by sketch id it always was.
   """
   builder = build_builder(data)
+  if fg_sources.splits_by_class(data):  # Val is a split of classes already.
+    return {name: _select(raw, np.arange(len(raw.photos)), data.load_size)
+            for name, raw in fg_sources.read_class_splits(builder, data).items()}
   train = fg_sources.read_split(builder, data, 'train')
   test = fg_sources.read_split(builder, data, 'test')
   train_ids, val_ids = validation.hold_out(len(train.photos), data.val_fraction,

@@ -13,7 +13,7 @@ weighted, Mahalanobis or HOLEF), averaged over the views: the distance of a
 sketch-photo pair is the mean over views v of D(sketch view v, photo view v).
 """
 import functools
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import flax.linen as nn
 import jax
@@ -52,6 +52,10 @@ def _dssa_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 BATCH_HINGES = {'batch': losses.batch_negatives_hinge,
                 'hardest': losses.hardest_negative_hinge}
 NEGATIVES = ('sampled', *BATCH_HINGES)
+# config.loss.negative_classes: 'any' photo that is not the match (instance
+# level, the paper's), or only photos of 'other' classes (category level:
+# for sources with classes, e.g. the zero-shot trunk of configs/sketchy_seen.py).
+NEGATIVE_CLASSES = ('any', 'other')
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -130,6 +134,14 @@ class FgSbirTask:
     if config.loss.negatives not in NEGATIVES:
       raise ValueError(f'config.loss.negatives={config.loss.negatives!r}; use one of '
                        f'{", ".join(map(repr, NEGATIVES))}.')
+    negative_classes = config.loss.get('negative_classes', 'any')
+    if negative_classes not in NEGATIVE_CLASSES:
+      raise ValueError(f'config.loss.negative_classes={negative_classes!r}; use one '
+                       f'of {NEGATIVE_CLASSES}.')
+    if negative_classes == 'other' and config.loss.negatives == 'sampled':
+      raise ValueError("config.loss.negative_classes='other' picks among the batch's "
+                       "photos: set config.loss.negatives to 'batch' or 'hardest'.")
+    self._category_level = negative_classes == 'other'
     if self.rgb:
       _check_rgb_config(config)
     _check_frozen_by_optimizer(config, _trunk_frozen_prefixes(config),
@@ -250,6 +262,9 @@ class FgSbirTask:
       energy = apply(anchor, photos, method='pairwise_energy')
       valid = ((photo_ids[None, :] != batch['positive_id'][:, None])
                & (photo_ids[None, :] != batch['match_id'][:, None]))
+      if self._category_level:  # Only other classes' photos are negatives.
+        classes = jnp.asarray(self._train_photo_classes)
+        valid &= classes[photo_ids][None, :] != classes[batch['match_id']][:, None]
       hinge = BATCH_HINGES[self.config.loss.negatives](energy, pos_e, valid, margin)
     reg = self.config.loss.holef_lambda * apply(method='energy_regulariser')
     metrics = {'hinge': hinge, 'energy_reg': reg,
@@ -257,6 +272,14 @@ class FgSbirTask:
     return hinge + reg, (metrics, new_state)
 
   # --- data ------------------------------------------------------------------
+  @functools.cached_property
+  def _train_photo_classes(self) -> np.ndarray:
+    classes = self.splits['train'].photo_classes
+    if classes is None:
+      raise ValueError(f"config.loss.negative_classes='other' needs photo classes; "
+                       f'source {self.config.data.source!r} has none (sketchy_seen has).')
+    return classes
+
   def train_batches(self, start_step: int) -> Iterator[dict]:
     ds = input_pipeline.triplet_dataset(
         self.splits['train'], self.config.data,
@@ -266,6 +289,11 @@ class FgSbirTask:
     return image_pipeline.iterate(ds)
 
   # --- evaluation ------------------------------------------------------------
+  def embed_function(self, domain: str) -> Callable[[dict, jax.Array], jax.Array]:
+    """The jitted (variables, (B, c, c, C) uint8 crops sharded on `data`) ->
+    (B, D) embedding of `domain`, output replicated."""
+    return self._embed_fns[rgb_dssa.check_domain(domain)]
+
   @functools.cached_property
   def _embed_fns(self) -> dict:
     """domain -> jitted embedding; DSSA's one branch serves both (one compile)."""

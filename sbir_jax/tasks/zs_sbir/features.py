@@ -11,6 +11,15 @@ ImageNet EfficientNet-Lite0 (`models/efficientnet_lite.py`), pooled to
   pixels              the grey image resized to sqrt(dim) x sqrt(dim),
                       scaled to [0, 1]: no learning at all (a control).
   precomputed         no extraction: read `<precomputed_dir>/<set>.npz`.
+  fg_checkpoint       the embedding of a trained FG-SBIR checkpoint
+                      (`fg_config` and `fg_workdir`, checkpoint `fg_checkpoint`),
+                      e.g. the trunk fine-tuned on the seen classes by
+                      configs/sketchy_seen.py: sketches through its sketch
+                      branch, photos through its photo branch, one centre crop
+                      of images read at its load size. Its cache folder is
+                      keyed by the checkpoint's fingerprint (config and
+                      parameters), so features of two checkpoints, or of a
+                      checkpoint and the ImageNet trunk, never mix.
 
 Cache format (also the format of precomputed features, e.g. VGG-16 fc7 a user
 already has): one `<set name>.npz` per image set with `ids` (N,) str and
@@ -19,6 +28,7 @@ global batch sharded on the mesh's `data` axis; each process feeds its rows
 and every process gets all features (process 0 writes the cache). A second
 run reads the cache and extracts only ids it lacks.
 """
+import functools
 import hashlib
 import os
 from typing import Callable
@@ -32,7 +42,7 @@ from absl import logging
 from sbir_jax import image_sets
 from sbir_jax.core import sharding
 
-EXTRACTORS = ('efficientnet_lite0', 'pixels', 'precomputed')
+EXTRACTORS = ('efficientnet_lite0', 'pixels', 'precomputed', 'fg_checkpoint')
 
 
 class FeatureError(ValueError):
@@ -46,16 +56,75 @@ def data_tag(*sources: str) -> str:
 
 
 def cache_dir(cfg: ml_collections.ConfigDict, *sources: str) -> str:
-  """<cache_dir>/<extractor>_<image size>/<data tag>; precomputed: as given."""
+  """<cache_dir>/<extractor>_<image size>/<data tag>; precomputed: as given;
+  fg_checkpoint: <cache_dir>/fg_checkpoint_<config hash>_<params hash>/<data tag>."""
   if cfg.extractor == 'precomputed':
     return cfg.precomputed_dir
+  if cfg.extractor == 'fg_checkpoint':
+    fingerprint = trained_model(cfg.fg_config, cfg.fg_workdir, cfg.fg_checkpoint)[2]
+    key = f"fg_checkpoint_{fingerprint['config_hash']}_{fingerprint['params_hash']}"
+    return os.path.join(cfg.cache_dir, key, data_tag(*sources))
   return os.path.join(cfg.cache_dir, f'{cfg.extractor}_{cfg.image_size}',
                       data_tag(*sources))
 
 
+@functools.cache
+def trained_model(config_arg: str, workdir: str, checkpoint: str):
+  """(FG-SBIR task, restored variables, model fingerprint) of a checkpoint,
+  restored once per process."""
+  from configs import variants
+  from sbir_jax.core import trainer
+  from sbir_jax.tasks.fg_sbir import gallery_file
+  if not config_arg or not workdir:
+    raise FeatureError('config.features.extractor=fg_checkpoint needs '
+                       'config.features.fg_config (e.g. configs/sketchy_seen.py:'
+                       'zs_trunk_cpu) and config.features.fg_workdir (its workdir).')
+  config = variants.load_config(config_arg)
+  if config.task != 'fg_sbir':
+    raise FeatureError(f'config.features.fg_config={config_arg!r} is a {config.task} '
+                       'config; fg_checkpoint extracts with an fg_sbir model.')
+  task, state = trainer.restore_model(config, workdir, checkpoint)
+  fingerprint = gallery_file.model_fingerprint(config, task.model.output_dim, state.params)
+  logging.info('Features of %s step %d (%s)', workdir, int(state.step), fingerprint)
+  return task, state.variables, fingerprint
+
+
+def _checkpoint_extract_fn(cfg: ml_collections.ConfigDict
+                           ) -> Callable[[jax.Array, str], np.ndarray]:
+  task, variables, fingerprint = trained_model(cfg.fg_config, cfg.fg_workdir,
+                                               cfg.fg_checkpoint)
+  data = task.config.data
+  if cfg.image_size != data.load_size or cfg.dim != fingerprint['embedding_dim']:
+    raise FeatureError(
+        f'{cfg.fg_config} reads images at {data.load_size} px and embeds in '
+        f"{fingerprint['embedding_dim']}-d; set config.features.image_size="
+        f"{data.load_size} and config.features.dim={fingerprint['embedding_dim']} "
+        '(the zs_sketchy variant `finetuned_trunk` does).')
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def model_inputs(images, domain):  # The evaluation's centre crop.
+    start = (images.shape[1] - data.crop_size) // 2
+    crops = images[:, start:start + data.crop_size, start:start + data.crop_size]
+    if domain == 'photo' and data.photo_input == 'rgb':
+      return crops
+    grey = jnp.round(jnp.mean(crops.astype(jnp.float32), axis=-1, keepdims=True))
+    return grey.astype(jnp.uint8)  # Sketches (and edge-map photos, not built).
+
+  def extract(images, domain):
+    if domain == 'photo' and data.photo_input != 'rgb':
+      raise FeatureError(f'{cfg.fg_config} embeds photos as edge maps; '
+                         'fg_checkpoint extracts from RGB-photo models only.')
+    embed = task.embed_function(domain)
+    return np.asarray(embed(variables, model_inputs(images, domain)), np.float32)
+  return extract
+
+
 def make_extract_fn(cfg: ml_collections.ConfigDict,
-                    mesh: jax.sharding.Mesh) -> Callable[[np.ndarray], np.ndarray]:
-  """uint8 (B, S, S, 3) global jax.Array sharded on `data` -> (B, D) float32 numpy."""
+                    mesh: jax.sharding.Mesh) -> Callable[[jax.Array, str], np.ndarray]:
+  """(uint8 (B, S, S, 3) global jax.Array sharded on `data`, the images'
+  domain 'sketch' / 'photo') -> (B, D) float32 numpy."""
+  if cfg.extractor == 'fg_checkpoint':
+    return _checkpoint_extract_fn(cfg)
   if cfg.extractor == 'efficientnet_lite0':
     from sbir_jax.models import convert_efficientnet
     from sbir_jax.models import efficientnet_lite
@@ -83,7 +152,8 @@ def make_extract_fn(cfg: ml_collections.ConfigDict,
     raise FeatureError(f'config.features.extractor={cfg.extractor!r}; choose one '
                        f'of {EXTRACTORS}.')
   jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh))
-  return lambda global_images: np.asarray(jitted(variables, global_images), np.float32)
+  return lambda global_images, domain: np.asarray(jitted(variables, global_images),
+                                                  np.float32)
 
 
 def load_npz(path: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +231,7 @@ class FeatureStore:
     for n, global_batch in sharding.padded_global_batches(
         images.reader(indices, self.cfg.image_size, batch), batch, self.mesh,
         'config.features.batch_size'):
-      out.append(extract(global_batch)[:n])
+      out.append(extract(global_batch, images.domain)[:n])
       self.num_extracted += n
     feats = np.concatenate(out) if out else np.zeros((0, self.cfg.dim), np.float32)
     if len(feats) != len(indices):

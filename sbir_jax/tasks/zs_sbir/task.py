@@ -44,7 +44,6 @@ from sbir_jax.tasks.zs_sbir import features
 from sbir_jax.datasets import quickdraw
 from sbir_jax.datasets import sketchy
 from sbir_jax.datasets import tu_berlin
-from sbir_jax.datasets import validation
 from sbir_jax.models import zs_baselines
 from sbir_jax.models import zs_caae
 from sbir_jax.models import zs_cvae
@@ -117,32 +116,18 @@ def _gallery_set(builder, data: ml_collections.ConfigDict, photo):
   raise ValueError(f'config.data.gallery={data.gallery!r}; use auto, extended or sketchy.')
 
 
-def validation_classes(seen: list[str], data: ml_collections.ConfigDict
-                       ) -> tuple[list[str], list[str]]:
-  """(train, val) classes: config.data.val_class_fraction of the seen classes
-  held out as pseudo-unseen ones, chosen by data.val_split_seed alone."""
-  kept, held = validation.hold_out(len(seen), data.val_class_fraction, data.val_split_seed)
-  if not len(held) or not len(kept):
-    raise sketchy.SketchyError(
-        f'config.data.val_class_fraction={data.val_class_fraction} of {len(seen)} '
-        'seen classes leaves no validation class or no training class; choose a '
-        'fraction that holds out at least one class and keeps one (default 0.15).')
-  return [seen[i] for i in kept], [seen[i] for i in held]
-
-
 def load_sketchy(data: ml_collections.ConfigDict, store_for) -> dict:
   """train / val / test of the Sketchy zero-shot split.
 
-  Seen = every class not listed as unseen; `validation_classes` holds some
+  Seen = every class not listed as unseen; `sketchy.class_splits` holds some
   seen classes out as pseudo-unseen ones (their sketches query their photos),
   so checkpoints and hyper-parameters are chosen without the test classes.
   """
   builder = sketchy.build(data.manual_dir, data.tfds_data_dir)
   sketch = sketchy.image_set(builder, 'sketch')
   photo = sketchy.image_set(builder, 'photo')
-  unseen = sketchy.read_unseen_classes(data.split_file)
-  seen, unseen = sketchy.zero_shot_split(sketch.labels, unseen, data.manual_dir)
-  train_classes, val_classes = validation_classes(seen, data)
+  classes = sketchy.class_splits(sketch.labels, data)
+  train_classes, val_classes, unseen = classes['train'], classes['val'], classes['test']
   gallery_set = _gallery_set(builder, data, photo)
   sketchy.check_gallery(gallery_set.labels, unseen,
                         f'{gallery_set.name} of {data.manual_dir}')
