@@ -4,7 +4,12 @@ table (validation beside test, time per row) and, with --readme, rewrites the
 README block <!-- results:zs_sketchy_<recipe> -->.
 
   python -m benchmarks.zs_tables [--recipe=cpu] [--seeds=0,1,2]
-      [--rows=regression,caae,cvae] [--readme=README.md]
+      [--rows=regression,caae,cvae] [--features=imagenet] [--readme=README.md]
+
+--features=finetuned_trunk runs the rows on the features of the trunk
+fine-tuned on the seen classes (configs/sketchy_seen.py, trained first; the
+zs_sketchy variant `finetuned_trunk`) into the same study, each row's name
+saying so, so one table holds both.
 
 Trained rows (direct regression, CAAE, CVAE) run
 `python -m sbir_jax.main --config=configs/zs_sketchy.py:<recipe>,<row>` once
@@ -42,7 +47,15 @@ BASELINE_ROWS = {
     'sae': 'SAE (closed form, word vectors)',
 }
 
+# Feature variant -> (variant of configs/zs_sketchy.py before the recipe, row name suffix).
+FEATURES = {
+    'imagenet': ('', ''),
+    'finetuned_trunk': ('finetuned_trunk', ', features of the seen-class fine-tuned trunk'),
+}
+
 flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/zs_sketchy.py before each row.')
+flags.DEFINE_enum('features', 'imagenet', list(FEATURES),
+                  'Whose features: the ImageNet Lite0 or the seen-class fine-tuned trunk.')
 flags.DEFINE_list('rows', list(TRAINED_ROWS), 'Trained rows to run.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each trained row.')
 flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
@@ -52,8 +65,17 @@ flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
 FLAGS = flags.FLAGS
 
 
-def config_arg(recipe: str, row: str) -> str:
-  return f'configs/zs_sketchy.py:{recipe},{ROW_VARIANTS.get(row, row)}'
+def variants_of(recipe: str, features: str = 'imagenet') -> str:
+  """The zs_sketchy variants of every row: features first, then the recipe."""
+  return ','.join(filter(None, (FEATURES[features][0], recipe)))
+
+
+def config_arg(recipe: str, row: str, features: str = 'imagenet') -> str:
+  return f'configs/zs_sketchy.py:{variants_of(recipe, features)},{ROW_VARIANTS.get(row, row)}'
+
+
+def row_name(name: str, features: str = 'imagenet') -> str:
+  return name + FEATURES[features][1]
 
 
 def _derived(record: dict[str, Any], prefix: str, label: str,
@@ -65,45 +87,61 @@ def _derived(record: dict[str, Any], prefix: str, label: str,
   return dict(record, label=label, **fields, **split) if split['test'] else None
 
 
-def baseline_records(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+# The raw-feature row of fine-tuned features (they are trained, by the trunk).
+FINETUNED_COSINE_ROW = 'seen-class fine-tuned trunk features, cosine (no zero-shot model)'
+
+
+def baseline_records(record: dict[str, Any], features: str = 'imagenet'
+                     ) -> dict[str, dict[str, Any]]:
   """kind -> table row of each parameter-free baseline a trained run evaluated."""
-  rows = {kind: _derived(record, kind, label, trained_steps=0, selected_step=0,
-                         train_seconds=0.0) for kind, label in BASELINE_ROWS.items()}
+  def name(kind, label):
+    if kind == 'untrained' and features == 'finetuned_trunk':
+      return FINETUNED_COSINE_ROW
+    return row_name(label, features)
+  rows = {kind: _derived(record, kind, name(kind, label), trained_steps=0,
+                         selected_step=0, train_seconds=0.0)
+          for kind, label in BASELINE_ROWS.items()}
   return {kind: row for kind, row in rows.items() if row}
 
 
-def kmeans_record(record: dict[str, Any]) -> dict[str, Any] | None:
+def kmeans_record(record: dict[str, Any], features: str = 'imagenet'
+                  ) -> dict[str, Any] | None:
   """The k-means retrieval row of a CVAE run evaluated both ways."""
-  return _derived(record, 'kmeans', KMEANS_ROW)
+  return _derived(record, 'kmeans', row_name(KMEANS_ROW, features))
 
 
-def evaluate_baselines(recipe: str) -> dict[str, Any]:
+def evaluate_baselines(recipe: str, features: str = 'imagenet') -> dict[str, Any]:
   """A record of the baselines' val and test metrics under the recipe's config."""
   from configs import zs_sketchy
   from sbir_jax.core import records
   from sbir_jax.core import sharding
   from sbir_jax.tasks.zs_sbir import baselines
   from sbir_jax.tasks.zs_sbir import task as zs_task
-  config = zs_sketchy.get_config(recipe)
+  variants = variants_of(recipe, features)
+  config = zs_sketchy.get_config(variants)
   task = zs_task.ZsSbirTask(config, sharding.make_mesh())
   metrics = {}
   for split in ('val', 'test'):
     evaluator = baselines.Evaluator(task.predict_fns['features'], split, config)
     metrics.update({f'{split}_{k}': float(v) for k, v in evaluator.run({}).items()})
-  record = records.make_record(config, f'configs/zs_sketchy.py:{recipe}', metrics)
-  record['command'] = f'python -m benchmarks.zs_tables --recipe={recipe}'
+  record = records.make_record(config, f'configs/zs_sketchy.py:{variants}', metrics)
+  record['command'] = (f'python -m benchmarks.zs_tables --recipe={recipe}'
+                       + (f' --features={features}' if features != 'imagenet' else ''))
   return record
 
 
-def write_derived_records(study: str, recipe: str, results_root: str) -> None:
+def write_derived_records(study: str, recipe: str, results_root: str,
+                          features: str = 'imagenet') -> None:
   """The k-means rows of the CVAE records, and the baselines' rows."""
   folder = os.path.join(results_root, study)
+  suffix = '' if features == 'imagenet' else f'_{features}'
   for r in experiments.load_records(study, results_root):
-    if r['label'] == TRAINED_ROWS['cvae'] and kmeans_record(r):
-      experiments.write_record(os.path.join(folder, f"{study}_cvae_kmeans_seed{r['seed']}.json"),
-             kmeans_record(r))
-  for kind, row in baseline_records(evaluate_baselines(recipe)).items():
-    experiments.write_record(os.path.join(folder, f'baseline_{kind}.json'), row)
+    if r['label'] == row_name(TRAINED_ROWS['cvae'], features) and kmeans_record(r, features):
+      experiments.write_record(
+          os.path.join(folder, f"{study}{suffix}_cvae_kmeans_seed{r['seed']}.json"),
+          kmeans_record(r, features))
+  for kind, row in baseline_records(evaluate_baselines(recipe, features), features).items():
+    experiments.write_record(os.path.join(folder, f'baseline_{kind}{suffix}.json'), row)
 
 
 def main(argv):
@@ -115,9 +153,10 @@ def main(argv):
   study = f'zs_sketchy_{FLAGS.recipe}'
   seeds = [int(s) for s in FLAGS.seeds]
   for row in FLAGS.rows:
-    experiments.run_seeds(study, config_arg(FLAGS.recipe, row), seeds, FLAGS.set,
-                          TRAINED_ROWS[row], FLAGS.results_root, FLAGS.workdir_root)
-  write_derived_records(study, FLAGS.recipe, FLAGS.results_root)
+    experiments.run_seeds(study, config_arg(FLAGS.recipe, row, FLAGS.features), seeds,
+                          FLAGS.set, row_name(TRAINED_ROWS[row], FLAGS.features),
+                          FLAGS.results_root, FLAGS.workdir_root)
+  write_derived_records(study, FLAGS.recipe, FLAGS.results_root, FLAGS.features)
   experiments.report(study, FLAGS.results_root, FLAGS.readme)
 
 

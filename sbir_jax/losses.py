@@ -41,6 +41,24 @@ def soft_triplet(query_BxD: jax.Array, target_BxD: jax.Array, rng: jax.Array,
   return jnp.mean(jax.nn.softplus(positive_N[:, None] - negative_NxM))
 
 
+def lbf_soft_triplet(query_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
+  """The LBF paper's soft triplet loss (Hosseinzadeh & Wang, CVPR 2020):
+  each composed query against candidate images only, the batch's other
+  targets, sum over them of log(1 + exp(sim(q, c) - sim(q, t))), with sim the
+  dot product (the similarity the protocol ranks by); mean over queries.
+
+  Unlike TIRG's form (`soft_triplet`) no query is an anchor of another query,
+  and no feature of its own side is a negative.
+  """
+  b = query_BxD.shape[0]
+  if b < 2:
+    raise ValueError('The soft triplet loss needs a batch of at least 2 pairs.')
+  sims_BxB = query_BxD @ target_BxD.T
+  margins_BxB = sims_BxB - jnp.diagonal(sims_BxB)[:, None]
+  others_BxB = 1.0 - jnp.eye(b, dtype=sims_BxB.dtype)
+  return jnp.mean(jnp.sum(jax.nn.softplus(margins_BxB) * others_BxB, axis=1))
+
+
 def batch_classification(query_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
   """Softmax over the batch's targets by dot product; query i's class is i."""
   logits_BxB = query_BxD @ target_BxD.T

@@ -189,6 +189,26 @@ def test_soft_triplet_matches_loop_over_all_negatives():
   assert min(terms) <= float(sampled) <= max(terms)
 
 
+def test_lbf_soft_triplet_matches_a_literal_per_pair_sum():
+  """LBF's form: query i against every other target j (candidates only),
+  log(1 + exp(sim(q_i, t_j)) / exp(sim(q_i, t_i))), summed over j, mean over i."""
+  rng = np.random.default_rng(0)
+  q, t = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  want = np.mean([sum(np.log(1.0 + np.exp(q[i] @ t[j]) / np.exp(q[i] @ t[i]))
+                      for j in range(5) if j != i) for i in range(5)])
+  got = losses.lbf_soft_triplet(jnp.asarray(q, jnp.float32), jnp.asarray(t, jnp.float32))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  # Queries are never each other's negatives: moving one query leaves the
+  # other queries' terms alone (TIRG's form would change them).
+  q2 = q.copy()
+  q2[0] += 3.0
+  per_query = lambda qq: [sum(np.log1p(np.exp(qq[i] @ t[j] - qq[i] @ t[i]))
+                              for j in range(5) if j != i) for i in range(5)]
+  np.testing.assert_allclose(per_query(q2)[1:], per_query(q)[1:])
+  with pytest.raises(ValueError, match='at least 2 pairs'):
+    losses.lbf_soft_triplet(jnp.ones((1, 4)), jnp.ones((1, 4)))
+
+
 def test_batch_classification_is_cross_entropy_over_the_batch():
   q = jax.random.normal(jax.random.key(0), (3, 5))
   t = jax.random.normal(jax.random.key(1), (3, 5))

@@ -229,3 +229,39 @@ def test_adamw_decay_is_decoupled_from_the_gradient_statistics():
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['w'], -0.1, rtol=1e-3)
+
+
+def test_tirg_sampling_puts_queries_of_one_reference_in_one_batch(tfds_dir):
+  """TIRG's CSS batches: each odd slot keeps the reference of the slot before
+  it under another text (a real training pair of that text); independent
+  sampling draws the batches it always drew."""
+  config = _config(tfds_dir)
+  task = composed_task.ComposedTask(config, None)
+  mods = task._data[2]
+  by_source = composed_task.texts_by_source(mods)
+  pairs = {(m, f, t) for m, mod in enumerate(mods) for f, t in zip(mod['from'], mod['to'])}
+  shared = 0
+  for step in range(20):
+    mod_ids, sources, targets = composed_task.sample_pairs(
+        mods, np.random.default_rng([0, step]), 32, by_source)
+    assert all((int(m), int(f), int(t)) in pairs for m, f, t in zip(mod_ids, sources, targets))
+    for slot in range(1, 32, 2):
+      if len({m for m, _ in by_source[int(sources[slot - 1])]}) > 1:
+        assert sources[slot] == sources[slot - 1] and mod_ids[slot] != mod_ids[slot - 1]
+        shared += 1
+  assert shared >= 100  # Most references of the CSS-style data have several texts.
+  independent = composed_task.sample_pairs(mods, np.random.default_rng([0, 0]), 32)
+  paired = composed_task.sample_pairs(mods, np.random.default_rng([0, 0]), 32, by_source)
+  np.testing.assert_array_equal(independent[1][::2], paired[1][::2])  # Even slots alike.
+  assert np.mean(independent[1][1::2] == independent[1][::2]) < 0.2
+
+
+def test_soft_triplet_form_follows_the_model(tfds_dir):
+  forms = {}
+  for variants in ('lbf_big,tiny', 'tirg,tiny', 'concat,tiny', 'tirg,tiny,lbf_soft_triplet',
+                   'lbf_small,tiny,tirg_soft_triplet'):
+    forms[variants] = composed_task.ComposedTask(_config(tfds_dir, variants), None
+                                                 ).soft_triplet_form
+  assert forms == {'lbf_big,tiny': 'lbf', 'tirg,tiny': 'tirg', 'concat,tiny': 'tirg',
+                   'tirg,tiny,lbf_soft_triplet': 'lbf',
+                   'lbf_small,tiny,tirg_soft_triplet': 'tirg'}

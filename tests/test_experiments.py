@@ -84,3 +84,22 @@ def test_zero_shot_baseline_rows_come_from_a_trained_record():
   kmeans = zs_tables.kmeans_record(record)
   assert kmeans['label'] == zs_tables.KMEANS_ROW and kmeans['trained_steps'] == 3000
   assert kmeans['test'] == {'mAP@all': 0.24, 'P@25': 0.19}
+
+
+def test_zero_shot_rows_on_finetuned_features_are_named_and_configured_apart():
+  """--features=finetuned_trunk: the same rows in the same table, each named
+  for its features, configured with the fg_checkpoint extractor."""
+  from benchmarks import zs_tables
+  from configs import variants
+  arg = zs_tables.config_arg('cpu', 'cvae', 'finetuned_trunk')
+  assert arg == 'configs/zs_sketchy.py:finetuned_trunk,cpu,cvae,also_kmeans'
+  config = variants.load_config(arg)
+  assert config.features.extractor == 'fg_checkpoint' and config.features.dim == 256
+  assert config.model.encoder_dims == (256, 128)  # The paper's widths x 256 / 4096.
+  assert zs_tables.config_arg('cpu', 'cvae') == 'configs/zs_sketchy.py:cpu,cvae,also_kmeans'
+  record = {'label': zs_tables.row_name('CVAE (mean of samples)', 'finetuned_trunk'),
+            'val': {}, 'test': {'untrained_mAP@all': 0.3, 'kmeans_mAP@all': 0.4}}
+  assert zs_tables.baseline_records(record, 'finetuned_trunk')['untrained']['label'] == (
+      zs_tables.FINETUNED_COSINE_ROW)
+  assert zs_tables.kmeans_record(record, 'finetuned_trunk')['label'].startswith(
+      'CVAE (k-means centres of samples), features of')

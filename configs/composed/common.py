@@ -21,6 +21,10 @@ VARIANTS: dict[str, variants.Spec] = {
     # Losses.
     'soft_triplet': {'loss.name': 'soft_triplet'},
     'batch_classification': {'loss.name': 'batch_classification'},
+    'tirg_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'tirg'},
+    'lbf_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'lbf'},
+    # Batches as before issue 14: every slot drawn on its own.
+    'independent_batches': {'data.batch_sampling': 'independent'},
     # LBF entities = the scene's objects (given boxes), not grid cells.
     'object_boxes': {'model.entities_from': 'boxes'},
     # ImageNet EfficientNet-Lite0 feature map (64x64 inputs resized to 224).
@@ -106,6 +110,10 @@ def get_config(arg: str | None = None, source: str = 'css_style',
       # do not say): `sources` = reference images with all their pairs, new
       # images as at test; `texts` = whole texts on seen images, which
       # overrated LBF (val R@1 86 vs test 63 in the first table).
+      # 'tirg': TIRG's batches (CSS-style and MIT-States: pairs of slots
+      # share a reference image under two texts; Fashion200k: independent);
+      # 'independent': every slot its own text and pair (before issue 14).
+      batch_sampling='tirg',
       val_holdout='sources',
       val_fraction=0.1,
       val_split_seed=0,
@@ -130,6 +138,10 @@ def get_config(arg: str | None = None, source: str = 'css_style',
   config.loss = dict(
       name='soft_triplet',
       num_negatives=3,  # TIRG: 3 random negatives per anchor.
+      # 'lbf': the LBF paper's soft triplet (queries against candidate images
+      # only); 'tirg': TIRG's symmetric form; 'auto': LBF's for LBF, TIRG's
+      # for TIRG and the baselines.
+      soft_triplet_form='auto',
   )
   # TIRG: SGD, lr 1e-2, momentum 0.9, weight decay 1e-6, batch 32; it keeps
   # the rate constant on CSS (schedule 'constant').

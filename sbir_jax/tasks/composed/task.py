@@ -62,6 +62,16 @@ from sbir_jax.models import tirg
 
 MODELS = ('lbf', 'tirg') + composed_baselines.KINDS
 LOSSES = ('soft_triplet', 'batch_classification')
+# config.loss.soft_triplet_form: 'lbf' (the LBF paper's: queries against
+# candidate images) or 'tirg' (TIRG's symmetric form); 'auto': LBF's for the
+# LBF models, TIRG's for the others.
+SOFT_TRIPLET_FORMS = ('auto', 'lbf', 'tirg')
+# config.data.batch_sampling: 'tirg' (TIRG's per dataset: on CSS and
+# MIT-States each pair of slots shares a reference image under two texts, so
+# every batch holds hard negatives; Fashion200k draws independently) or
+# 'independent' (every slot its own text and pair).
+BATCH_SAMPLINGS = ('tirg', 'independent')
+PAIRED_SOURCES = ('css_style', 'mit_states')  # Where TIRG pairs the slots.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,6 +350,42 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
   return splits, vocab, fit_mods
 
 
+def texts_by_source(mods: list) -> dict[int, list[tuple[int, int]]]:
+  """reference image -> its training (text index, target image) pairs."""
+  out: dict[int, list[tuple[int, int]]] = {}
+  for m, mod in enumerate(mods):
+    for f, t in zip(mod['from'], mod['to']):
+      out.setdefault(int(f), []).append((m, int(t)))
+  return out
+
+
+def sample_pairs(mods: list, rng: np.random.Generator, batch_size: int,
+                 by_source: Optional[dict] = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(text index, reference, target) of each slot of a global batch.
+
+  Each slot: a random text, then a random (from, to) pair of it. With
+  `by_source` (`texts_by_source`: TIRG's CSS and MIT-States sampling) every
+  odd slot instead keeps the reference of the slot before it under another
+  text, drawn among that reference's other texts (independently where it
+  has none), so each batch holds queries that differ only by their text.
+  """
+  mod_ids = rng.integers(len(mods), size=batch_size)
+  picks = rng.random(batch_size)
+  pair = [int(p * len(mods[m]['from'])) for m, p in zip(mod_ids, picks)]
+  sources = np.array([mods[m]['from'][k] for m, k in zip(mod_ids, pair)], np.int64)
+  targets = np.array([mods[m]['to'][k] for m, k in zip(mod_ids, pair)], np.int64)
+  if by_source is not None:
+    second = rng.random(batch_size)
+    for slot in range(1, batch_size, 2):
+      others = [(m, t) for m, t in by_source[int(sources[slot - 1])]
+                if m != mod_ids[slot - 1]]
+      if others:
+        m, t = others[int(second[slot] * len(others))]
+        mod_ids[slot], sources[slot], targets[slot] = m, sources[slot - 1], t
+  return mod_ids, sources, targets
+
+
 # ----------------------------------------------------------------------------
 # Task.
 # ----------------------------------------------------------------------------
@@ -353,6 +399,12 @@ class ComposedTask:
     self.mesh = mesh
     if config.loss.name not in LOSSES:
       raise ValueError(f'config.loss.name={config.loss.name!r}; use one of {LOSSES}.')
+    if config.loss.soft_triplet_form not in SOFT_TRIPLET_FORMS:
+      raise ValueError(f'config.loss.soft_triplet_form={config.loss.soft_triplet_form!r}; '
+                       f'use one of {SOFT_TRIPLET_FORMS}.')
+    if config.data.batch_sampling not in BATCH_SAMPLINGS:
+      raise ValueError(f'config.data.batch_sampling={config.data.batch_sampling!r}; '
+                       f'use one of {BATCH_SAMPLINGS}.')
     self._last_predictions: dict[str, dict] = {}
 
   @functools.cached_property
@@ -410,11 +462,20 @@ class ComposedTask:
       out[collection] = traverse_util.unflatten_dict(flat)
     return out['params'], {'batch_stats': out['batch_stats']}
 
+  @property
+  def soft_triplet_form(self) -> str:
+    form = self.config.loss.soft_triplet_form
+    if form == 'auto':
+      return 'lbf' if self.config.model.name == 'lbf' else 'tirg'
+    return form
+
   def loss_fn(self, params, model_state, batch: dict, rng: jax.Array):
     query_BxD, target_BxD = self.model.apply(
         state_lib.variables_of(params, model_state), batch['reference'],
         batch['tokens'], batch['target'])
-    if self.config.loss.name == 'soft_triplet':
+    if self.config.loss.name == 'soft_triplet' and self.soft_triplet_form == 'lbf':
+      loss = losses.lbf_soft_triplet(query_BxD, target_BxD)
+    elif self.config.loss.name == 'soft_triplet':
       loss = losses.soft_triplet(query_BxD, target_BxD, rng,
                                  self.config.loss.num_negatives)
     else:
@@ -425,7 +486,7 @@ class ComposedTask:
 
   # --- data ------------------------------------------------------------------
   def train_batches(self, start_step: int) -> Iterator[dict]:
-    """TIRG's sampling: a random text, then a random (from, to) pair of it.
+    """Training queries by `config.data.batch_sampling` (`sample_pairs`).
 
     Keyed by (seed, step): a resumed run sees the batches of an uninterrupted
     one; each process takes its own rows of the global batch.
@@ -435,14 +496,14 @@ class ComposedTask:
     texts = [m['to_str'] for m in mods]
     tokens = self.vocab.encode(texts, self.config.data.max_text_length)
     rows = sharding.process_rows(self.config.batch_size)
+    paired = (self.config.data.batch_sampling == 'tirg'
+              and self.config.data.source in PAIRED_SOURCES)
+    by_source = texts_by_source(mods) if paired else None
     step = start_step
     while True:
       rng = np.random.default_rng([self.config.seed, step])
-      mod_ids = rng.integers(len(mods), size=self.config.batch_size)[rows]
-      picks = rng.random(self.config.batch_size)[rows]
-      pair = [int(p * len(mods[m]['from'])) for m, p in zip(mod_ids, picks)]
-      sources = np.array([mods[m]['from'][k] for m, k in zip(mod_ids, pair)])
-      targets = np.array([mods[m]['to'][k] for m, k in zip(mod_ids, pair)])
+      mod_ids, sources, targets = (a[rows] for a in sample_pairs(
+          mods, rng, self.config.batch_size, by_source))
       yield {'reference': split.inputs(sources), 'tokens': tokens[mod_ids],
              'target': split.inputs(targets)}
       step += 1

@@ -122,6 +122,19 @@ def _check_frozen_by_optimizer(config: ml_collections.ConfigDict, needed: list[s
                      f'--config.frozen="{tuple(needed)!r}" (or config.optimizer.weight_decay=0).')
 
 
+def negative_mask(photo_ids_M: jax.Array, positive_id_B: jax.Array, match_id_B: jax.Array,
+                  photo_classes: Optional[np.ndarray] = None) -> jax.Array:
+  """(B, M) bool: which of the batch's photos are negatives of each anchor:
+  not its positive, not its true match and, given the split's photo classes
+  (category level), not of its match's class."""
+  valid = ((photo_ids_M[None, :] != positive_id_B[:, None])
+           & (photo_ids_M[None, :] != match_id_B[:, None]))
+  if photo_classes is not None:
+    classes = jnp.asarray(photo_classes)
+    valid &= classes[photo_ids_M][None, :] != classes[match_id_B][:, None]
+  return valid
+
+
 class FgSbirTask:
   """The FG-SBIR task (contract: sbir_jax/core/task.py)."""
   modes = {'retrieve': retrieval.retrieve_mode}
@@ -260,11 +273,8 @@ class FgSbirTask:
       photos = jnp.concatenate([positive, negative])
       photo_ids = jnp.concatenate([batch['positive_id'], batch['negative_id']])
       energy = apply(anchor, photos, method='pairwise_energy')
-      valid = ((photo_ids[None, :] != batch['positive_id'][:, None])
-               & (photo_ids[None, :] != batch['match_id'][:, None]))
-      if self._category_level:  # Only other classes' photos are negatives.
-        classes = jnp.asarray(self._train_photo_classes)
-        valid &= classes[photo_ids][None, :] != classes[batch['match_id']][:, None]
+      valid = negative_mask(photo_ids, batch['positive_id'], batch['match_id'],
+                            self._train_photo_classes if self._category_level else None)
       hinge = BATCH_HINGES[self.config.loss.negatives](energy, pos_e, valid, margin)
     reg = self.config.loss.holef_lambda * apply(method='energy_regulariser')
     metrics = {'hinge': hinge, 'energy_reg': reg,
