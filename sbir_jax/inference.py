@@ -435,7 +435,8 @@ class ComposedRetriever:
   def embed_composed(self, rows: Sequence[int], texts: Sequence[str]) -> np.ndarray:
     """(B, D) unit-norm composed queries of gallery rows + texts."""
     tokens = self.task.vocab.encode(list(texts), self.config.data.max_text_length)
-    images = self.split.inputs(self.image_rows[np.asarray(rows)])
+    # As the task's queries: the references' own rendering (2D in 2D-to-3D).
+    images = self.split.reference_inputs(self.image_rows[np.asarray(rows)])
     q = np.asarray(self.task.embed_queries(self.variables, images, tokens), np.float32)
     return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
 

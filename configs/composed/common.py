@@ -23,6 +23,9 @@ VARIANTS: dict[str, variants.Spec] = {
     'batch_classification': {'loss.name': 'batch_classification'},
     'tirg_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'tirg'},
     'lbf_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'lbf'},
+    # The CSS-style settings of the LBF paper's CSS table.
+    '2d_to_3d': {'data.setting': '2d_to_3d'},
+    '3d_to_3d': {'data.setting': '3d_to_3d'},
     # Batches as before issue 14: every slot drawn on its own.
     'independent_batches': {'data.batch_sampling': 'independent'},
     # LBF entities = the scene's objects (given boxes), not grid cells.
@@ -114,6 +117,12 @@ def get_config(arg: str | None = None, source: str = 'css_style',
       # share a reference image under two texts; Fashion200k: independent);
       # 'independent': every slot its own text and pair (before issue 14).
       batch_sampling='tirg',
+      # CSS-style data: '2d_to_2d', '3d_to_3d' or '2d_to_3d' (flat reference
+      # drawings, 3D-rendered targets and gallery, as the LBF paper's CSS
+      # table); 'auto': 3d_to_3d where the data has the release's renders
+      # (images/), else 2d_to_2d. 3D images: the release's renders, else our
+      # CSS-style 3D renderings (sbir_jax/datasets/css_style_3d.py).
+      setting='auto',
       val_holdout='sources',
       val_fraction=0.1,
       val_split_seed=0,

@@ -8,14 +8,19 @@ restricted unpickler (plain data and numpy arrays only), never `np.load(...,
 allow_pickle=True)`.
 
 Two builder configs:
-  images  one example per image: `image` (64x64 RGB), `image_id`, `label`
-          (shared by identical scenes; TIRG's caption is str(label)), and the
-          scene's `objects` as JSON text.
+  images  one example per image: `image` (the 2D drawing, 64x64 RGB),
+          `image_3d` (its 3D rendering), `render` (where that came from),
+          `image_id`, `label` (shared by identical scenes; TIRG's caption is
+          str(label)), and the scene's `objects` as JSON text.
   mods    one example per modification: `text`, and the `from` / `to` image
           ids it pairs (one text applies to many pairs).
-Images are drawn in 2D from the objects (`css_style_generator.render`), or,
-if the manual dir has `images/css_<split>_<id:06d>.png` (TIRG's 3D renders),
-read from there and resized to 64x64.
+The 2D image is drawn from the objects (`css_style_generator.render`, as
+TIRG's `generate_2d_image`). The 3D one is the release's render
+`images/css_<split>_<id:06d>.png` resized to 64x64 where the manual dir has
+an `images/` folder (`render` 'release'; 'missing' where that folder lacks
+the file), else our CSS-style 3D rendering (`css_style_3d.render`, seeded
+by the image id; `render` 'css_style'). `load` returns both; the composed
+task's `data.setting` picks 2D-to-2D, 3D-to-3D or 2D-to-3D.
 """
 import functools
 import hashlib
@@ -30,10 +35,12 @@ from PIL import Image
 
 from sbir_jax import safe_pickle
 from sbir_jax.datasets import preparation
+from sbir_jax.datasets import css_style_3d
 from sbir_jax.datasets import css_style_generator as gen
 
 SPLITS = ('train', 'test')
 PREFERRED_FILE = 'css_style.npy'
+RENDER_SOURCES = ('release', 'css_style', 'missing')
 
 
 class CssStyleDataError(ValueError):
@@ -124,14 +131,23 @@ def find_npy(manual_dir: epath.PathLike) -> epath.Path:
   return candidates[0]
 
 
-def image_for(root: epath.Path, split: str, index: int, objects: list) -> np.ndarray:
-  png = root / 'images' / f'css_{split}_{index:06d}.png'
-  if png.exists():  # TIRG's 3D rendering of this scene.
-    with png.open('rb') as f:
-      image = Image.open(f).convert('RGB').resize((gen.IMAGE_SIZE, gen.IMAGE_SIZE),
-                                                  Image.BILINEAR)
-    return np.asarray(image, np.uint8)
-  return gen.render(objects)
+def release_render_path(root: epath.Path, split: str, index: int) -> epath.Path:
+  return root / 'images' / f'css_{split}_{index:06d}.png'
+
+
+def images_for(root: epath.Path, split: str, index: int, objects: list
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+  """(2D drawing, 3D rendering, where the 3D one came from) of one image."""
+  flat = gen.render(objects)
+  if not (root / 'images').exists():
+    return flat, css_style_3d.render(objects, seed=index), 'css_style'
+  png = release_render_path(root, split, index)
+  if not png.exists():
+    return flat, np.zeros_like(flat), 'missing'
+  with png.open('rb') as f:
+    image = Image.open(f).convert('RGB').resize((gen.IMAGE_SIZE, gen.IMAGE_SIZE),
+                                                Image.BILINEAR)
+  return flat, np.asarray(image, np.uint8), 'release'
 
 
 def _json_objects(objects: list) -> str:
@@ -142,8 +158,9 @@ def _json_objects(objects: list) -> str:
 class CssStyle(tfds.core.GeneratorBasedBuilder):
   """CSS-style scenes and modification texts (TIRG's CSS file structure)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'The 2D drawing and the 3D rendering of every image.'}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name='images', description='One example per image.'),
       tfds.core.BuilderConfig(name='mods', description='One example per text.'),
@@ -157,6 +174,8 @@ class CssStyle(tfds.core.GeneratorBasedBuilder):
     if self.builder_config.name == 'images':
       features = {
           'image': tfds.features.Image(shape=(gen.IMAGE_SIZE, gen.IMAGE_SIZE, 3)),
+          'image_3d': tfds.features.Image(shape=(gen.IMAGE_SIZE, gen.IMAGE_SIZE, 3)),
+          'render': tfds.features.Text(),
           'image_id': np.int32,
           'label': np.int32,
           'objects': tfds.features.Text(),
@@ -188,7 +207,8 @@ class CssStyle(tfds.core.GeneratorBasedBuilder):
       return
     labels = data.get('labels')
     for i, objects in enumerate(data['objects_img']):
-      yield i, {'image': image_for(root, split, i, objects), 'image_id': i,
+      flat, rendered, source = images_for(root, split, i, objects)
+      yield i, {'image': flat, 'image_3d': rendered, 'render': source, 'image_id': i,
                 'label': int(labels[i]) if labels is not None else i,
                 'objects': _json_objects(objects)}
 
@@ -204,7 +224,9 @@ def file_digest(path: epath.PathLike) -> str:
 
 def load(manual_dir: str, tfds_data_dir: str) -> dict[str, dict[str, Any]]:
   """Prepares both configs (cached per file content) and returns per split
-  {'images' (N,64,64,3) uint8, 'labels' (N,), 'objects' [json], 'mods' [...]}."""
+  {'images' (N,64,64,3) uint8 2D drawings, 'images_3d' (N,64,64,3) their 3D
+  renderings, 'renders' (N,) str (RENDER_SOURCES), 'labels' (N,),
+  'objects' [json], 'mods' [...]}."""
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(
         f'CSS-style data dir {manual_dir!r} does not exist. Set '
@@ -223,6 +245,8 @@ def load(manual_dir: str, tfds_data_dir: str) -> dict[str, dict[str, Any]]:
                   key=lambda m: int(m['mod_id']))
     out[split] = {
         'images': images['image'][order],
+        'images_3d': images['image_3d'][order],
+        'renders': np.array([r.decode() for r in images['render'][order]]),
         'labels': images['label'][order],
         'objects': [o.decode() for o in images['objects'][order]],
         'mods': [{'from': np.asarray(m['from']), 'to': np.asarray(m['to']),

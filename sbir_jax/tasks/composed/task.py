@@ -72,6 +72,10 @@ SOFT_TRIPLET_FORMS = ('auto', 'lbf', 'tirg')
 # 'independent' (every slot its own text and pair).
 BATCH_SAMPLINGS = ('tirg', 'independent')
 PAIRED_SOURCES = ('css_style', 'mit_states')  # Where TIRG pairs the slots.
+# config.data.setting (CSS-style data): which rendering the references and
+# the targets / gallery are. 'auto': 3d_to_3d where the data has the
+# release's 3D renders (images/), else 2d_to_2d.
+SETTINGS = ('auto', '2d_to_2d', '3d_to_3d', '2d_to_3d')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +90,26 @@ class ComposedSplit:
   gallery_ids: np.ndarray  # (G,) images ranked for this split's queries
   # LBF with entities from boxes / region features: per-image regions.
   regions: Optional[regions_lib.Regions] = None
+  # Cross-domain (2D-to-3D): the references' rendering (else `images`).
+  reference_images: Optional[np.ndarray] = None
 
   def inputs(self, ids: np.ndarray) -> Union[np.ndarray, dict]:
-    """The model's image input for images `ids`: pixels, or a dict of regions."""
+    """The model's image input for images `ids` as targets and gallery:
+    pixels, or a dict of regions."""
     if self.regions is None:
       return self.images[ids]
     pixels = None if self.regions.features is not None else self.images
     return self.regions.take(ids, pixels)
+
+  def reference_inputs(self, ids: np.ndarray) -> Union[np.ndarray, dict]:
+    """The model's image input for images `ids` as query references."""
+    if self.reference_images is None:
+      return self.inputs(ids)
+    return self.reference_images[ids]
+
+  def reference_pixels(self, ids: np.ndarray) -> np.ndarray:
+    """The references' pixels as shown (pictures, the server)."""
+    return (self.images if self.reference_images is None else self.reference_images)[ids]
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int):
@@ -308,6 +325,50 @@ def _queries(mods: list) -> tuple[np.ndarray, np.ndarray, list]:
   return np.asarray(sources, np.int64), np.asarray(targets, np.int64), texts
 
 
+def resolve_setting(data: ml_collections.ConfigDict, renders: np.ndarray) -> str:
+  """config.data.setting, with 'auto' resolved from the data's renders."""
+  if data.setting not in SETTINGS:
+    raise ValueError(f'config.data.setting={data.setting!r}; use one of {SETTINGS}.')
+  if data.setting != 'auto':
+    return data.setting
+  return '3d_to_3d' if np.any(renders == 'release') else '2d_to_2d'
+
+
+def choose_renderings(raw: dict, data: ml_collections.ConfigDict) -> tuple[dict, str]:
+  """(per split `images` (targets and gallery) and `reference_images`
+  (2D-to-3D only) of the configured setting, the setting); other sources
+  as they are."""
+  if data.source != 'css_style':
+    if data.setting not in ('auto', '2d_to_2d'):
+      raise ValueError(f'config.data.setting={data.setting!r} needs two renderings of '
+                       f'each scene, which only CSS-style data has ({data.source} has '
+                       'photos); use auto.')
+    return raw, '2d_to_2d'
+
+  setting = resolve_setting(data, np.concatenate([raw[s]['renders'] for s in raw]))
+  if setting != '2d_to_2d':
+    missing = [f'images/css_{split}_{i:06d}.png' for split in raw
+               for i in np.flatnonzero(raw[split]['renders'] == 'missing')]
+    if missing:
+      raise css_style.CssStyleDataError(
+          f'config.data.setting={setting} needs the 3D rendering of every image, but '
+          f'{len(missing)} are missing from {data.manual_dir}/images, e.g. '
+          f'{missing[:3]}. Add them, or use setting=2d_to_2d.')
+    sources = sorted({str(r) for split in raw for r in raw[split]['renders']})
+    logging.info('CSS-style data, setting %s; 3D images: %s', setting,
+                 ' and '.join('the release\'s renders' if r == 'release' else
+                              'CSS-style 3D renderings (ours, css_style_3d.py)'
+                              for r in sources))
+  out = {}
+  for split, r in raw.items():
+    r = dict(r)
+    if setting != '2d_to_2d':
+      r['images'], r['reference_images'] = r['images_3d'], (
+          r['images'] if setting == '2d_to_3d' else None)
+    out[split] = r
+  return out, setting
+
+
 def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabulary, list]:
   """({'train', 'val'?, 'test'}: ComposedSplit, vocabulary, training mods)."""
   data = config.data
@@ -325,6 +386,13 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
     raise ValueError(f'config.data.source={data.source!r}; use css_style, '
                      'fashion200k or mit_states.')
 
+  raw, setting = choose_renderings(raw, data)
+  if uses_regions(config) and setting != '2d_to_2d' and (
+      setting == '2d_to_3d' or not data.regions_file):
+    raise ValueError(
+        f'config.model.entities_from={config.model.entities_from!r} with '
+        f'config.data.setting={setting}: the scenes\' object boxes (and one region '
+        'file) describe one rendering. Use entities_from=grid, or setting=2d_to_2d.')
   fit_mods, val_mods = split_train_mods(raw['train']['mods'], data)
   vocab = text.Vocabulary(m['to_str'] for m in fit_mods)
 
@@ -335,7 +403,8 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
     sources, targets, texts = _queries(mods)
     return ComposedSplit(raw[split]['images'], raw[split]['labels'], sources, targets,
                          texts, vocab.encode(texts, data.max_text_length),
-                         gallery_ids, regions.get(split))
+                         gallery_ids, regions.get(split),
+                         raw[split].get('reference_images'))
 
   splits = {}
   fit_sources, fit_targets, _ = _queries(fit_mods)
@@ -504,7 +573,7 @@ class ComposedTask:
       rng = np.random.default_rng([self.config.seed, step])
       mod_ids, sources, targets = (a[rows] for a in sample_pairs(
           mods, rng, self.config.batch_size, by_source))
-      yield {'reference': split.inputs(sources), 'tokens': tokens[mod_ids],
+      yield {'reference': split.reference_inputs(sources), 'tokens': tokens[mod_ids],
              'target': split.inputs(targets)}
       step += 1
 
@@ -533,7 +602,8 @@ class ComposedTask:
     """Composed queries and gallery embeddings of a split, with what
     Recall@K needs (the query's own image as a gallery position)."""
     data = self.splits[split]
-    queries = self.embed_queries(variables, data.inputs(data.source_ids), data.tokens)
+    queries = self.embed_queries(variables, data.reference_inputs(data.source_ids),
+                                 data.tokens)
     gallery = self.embed_gallery(variables, data.inputs(data.gallery_ids))
     # Query sources as positions in the gallery (the gallery holds them all).
     position = {int(g): i for i, g in enumerate(data.gallery_ids)}
@@ -562,6 +632,6 @@ class ComposedTask:
     hits = data.labels[top] == data.labels[data.target_ids[picked]][:, None]
     path = epath.Path(workdir) / 'test_examples.png'
     pictures.save_examples_picture(
-        str(path), data.images[data.source_ids[picked]],
+        str(path), data.reference_pixels(data.source_ids[picked]),
         [data.texts[i] for i in picked], data.images[top], hits)
     logging.info('Wrote %s', path)
