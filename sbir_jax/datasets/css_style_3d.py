@@ -148,3 +148,29 @@ def render(objects: Sequence[dict], size: int = gen.IMAGE_SIZE, seed: int = 0) -
     h = half_width(obj, y) * w
     _SOLIDS[obj['shape']](draw, column * w, base * w, h, gen.COLOR_RGB[obj['color']], light_x)
   return np.asarray(image.resize((size, size), Image.LANCZOS), np.uint8)
+
+
+def comparison_sheet(scenes: Sequence[Sequence[dict]], scale: int = 3) -> np.ndarray:
+  """Each scene's 2D drawing above its 3D rendering, one scene a column."""
+  columns = [np.concatenate([gen.render(s), render(s, seed=i)], axis=0)
+             for i, s in enumerate(scenes)]
+  sheet = np.concatenate(columns, axis=1)
+  return np.kron(sheet, np.ones((scale, scale, 1), np.uint8))
+
+
+def main() -> None:  # pragma: no cover (a convenience CLI)
+  import argparse
+  parser = argparse.ArgumentParser(description='2D drawings beside their CSS-style '
+                                   '3D renderings, for the first scenes of a seed.')
+  parser.add_argument('--out', required=True, help='PNG to write.')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--scenes', type=int, default=4)
+  args = parser.parse_args()
+  rng = np.random.default_rng(args.seed)
+  scenes = [gen.random_scene(rng) for _ in range(args.scenes)]
+  Image.fromarray(comparison_sheet(scenes)).save(args.out)
+  print(args.out)
+
+
+if __name__ == '__main__':  # pragma: no cover
+  main()
