@@ -107,6 +107,41 @@ def test_efficientnet_backbone_gets_imagenet_weights(tfds_dir):
   assert np.isfinite(float(loss))
 
 
+@pytest.mark.parametrize('model', ['lbf_small', 'tirg'])
+def test_cached_imagenet_maps_give_the_live_trunks_outputs(tfds_dir, model, monkeypatch):
+  """backbone efficientnet_lite0_cached: the model on the cached float16
+  maps composes as the model with the live ImageNet trunk on the pixels
+  (same other parameters); a second load reads the cache."""
+  from sbir_jax.tasks.composed import cached_backbone
+  live = composed_task.ComposedTask(_config(tfds_dir, f'{model},efficientnet,tiny'), None)
+  cached = composed_task.ComposedTask(_config(tfds_dir, f'{model},imagenet_cached,tiny'), None)
+  params, model_state = jax.jit(live.init_variables)(jax.random.key(0))
+  split_live, split_cached = live.splits['test'], cached.splits['test']
+  assert split_cached.inputs(np.arange(2)).shape == (2, 7, 7, 1280)
+  assert split_cached.inputs(np.arange(2)).dtype == np.float16
+  ids = split_live.source_ids[:4]
+  tokens = split_live.tokens[:4]
+  variables = {'params': params, **model_state}
+  want = live.model.apply(variables, split_live.reference_inputs(ids), tokens,
+                          method=live.model.compose)
+  got = cached.model.apply({'params': _without_trunk(params)},
+                           split_cached.reference_inputs(ids), tokens,
+                           method=cached.model.compose)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-2, atol=2e-2)
+  # The maps come from the cache now: extraction would fail.
+  monkeypatch.setattr(cached_backbone, '_extract_fn', lambda: 1 / 0)
+  again = composed_task.ComposedTask(_config(tfds_dir, f'{model},imagenet_cached,tiny'), None)
+  np.testing.assert_array_equal(again.splits['test'].image_features,
+                                split_cached.image_features)
+
+
+def _without_trunk(tree):
+  """The parameters minus the ImageNet trunk's (the 'backbone' subtrees)."""
+  if not isinstance(tree, dict):
+    return tree
+  return {k: _without_trunk(v) for k, v in tree.items() if k != 'backbone'}
+
+
 def _write_region_file(path, config, feature_dim=8, k=6):
   """An .npz in the regions layout for the generated data: each scene's object
   boxes padded to k, and random region features."""

@@ -32,6 +32,9 @@ VARIANTS: dict[str, variants.Spec] = {
     'object_boxes': {'model.entities_from': 'boxes'},
     # ImageNet EfficientNet-Lite0 feature map (64x64 inputs resized to 224).
     'efficientnet': {'model.backbone': 'efficientnet_lite0'},
+    # The same trunk frozen, its maps computed once and cached
+    # (sbir_jax/tasks/composed/cached_backbone.py).
+    'imagenet_cached': {'model.backbone': 'efficientnet_lite0_cached'},
     # Test texts focus on (shape, colour) pairs never seen in train.
     'holdout': {'data.generator.holdout_combinations':
                     'circle:red,triangle:blue,rectangle:green'},
@@ -137,7 +140,9 @@ def get_config(arg: str | None = None, source: str = 'css_style',
       name='lbf', size='big',
       dim=512,  # TIRG's embed_dim; LBF's d is not in our notes (our choice).
       num_heads=8, vep_layers=2, tep_layers=2, cross_layers=1,  # Our choice.
-      backbone='small_cnn',  # Or efficientnet_lite0 (ImageNet).
+      # Or efficientnet_lite0 (ImageNet), efficientnet_lite0_cached (frozen,
+      # its maps computed once: tasks/composed/cached_backbone.py).
+      backbone='small_cnn',
       # LBF's entities: grid (cells of the backbone map), boxes (the map
       # pooled in given boxes), region_features (precomputed, as the paper's
       # Faster R-CNN regions). Our default is grid: no detector offline.

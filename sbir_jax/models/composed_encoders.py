@@ -55,13 +55,24 @@ class EfficientNetLite0Map(nn.Module):
     return net.feature_map(x, train=False)
 
 
+class FeatureMapInput(nn.Module):
+  """The input is already a backbone's feature map (precomputed, e.g. the
+  frozen ImageNet maps of tasks/composed/cached_backbone.py): cast only."""
+  dtype: Optional[Any] = None
+
+  def __call__(self, map_BxHxWxC: jax.Array) -> jax.Array:
+    return jnp.asarray(map_BxHxWxC, self.dtype or jnp.float32)
+
+
 def make_image_backbone(name: str, width: int, dtype: Optional[Any] = None) -> nn.Module:
   if name == 'small_cnn':
     return SmallCnn(width, dtype, name='cnn')
   if name == 'efficientnet_lite0':
     return EfficientNetLite0Map(dtype, name='cnn')
-  raise ValueError(f'config.model.backbone={name!r}; use small_cnn or '
-                   'efficientnet_lite0.')
+  if name == 'feature_map':
+    return FeatureMapInput(dtype, name='cnn')
+  raise ValueError(f'config.model.backbone={name!r}; use small_cnn, efficientnet_lite0 '
+                   'or efficientnet_lite0_cached.')
 
 
 def _overlap_weights(starts_BxK: jax.Array, lengths_BxK: jax.Array, size: int

@@ -59,6 +59,7 @@ from sbir_jax.models import composed_baselines
 from sbir_jax.models import lbf
 from sbir_jax.models import text
 from sbir_jax.models import tirg
+from sbir_jax.tasks.composed import cached_backbone
 
 MODELS = ('lbf', 'tirg') + composed_baselines.KINDS
 LOSSES = ('soft_triplet', 'batch_classification')
@@ -92,10 +93,16 @@ class ComposedSplit:
   regions: Optional[regions_lib.Regions] = None
   # Cross-domain (2D-to-3D): the references' rendering (else `images`).
   reference_images: Optional[np.ndarray] = None
+  # The frozen ImageNet trunk's maps of images / reference_images, given in
+  # place of pixels (backbone efficientnet_lite0_cached).
+  image_features: Optional[np.ndarray] = None
+  reference_features: Optional[np.ndarray] = None
 
   def inputs(self, ids: np.ndarray) -> Union[np.ndarray, dict]:
     """The model's image input for images `ids` as targets and gallery:
-    pixels, or a dict of regions."""
+    pixels, feature maps, or a dict of regions."""
+    if self.image_features is not None:
+      return self.image_features[ids]
     if self.regions is None:
       return self.images[ids]
     pixels = None if self.regions.features is not None else self.images
@@ -103,6 +110,8 @@ class ComposedSplit:
 
   def reference_inputs(self, ids: np.ndarray) -> Union[np.ndarray, dict]:
     """The model's image input for images `ids` as query references."""
+    if self.reference_features is not None:
+      return self.reference_features[ids]
     if self.reference_images is None:
       return self.inputs(ids)
     return self.reference_images[ids]
@@ -115,7 +124,9 @@ class ComposedSplit:
 def build_model(config: ml_collections.ConfigDict, vocab_size: int):
   m = config.model
   # dtype: the compute dtype (None = float32); f and g come out float32.
-  common = dict(vocab_size=vocab_size, dim=m.dim, backbone=m.backbone,
+  backbone = (cached_backbone.MODEL_BACKBONE if m.backbone == cached_backbone.CACHED
+              else m.backbone)
+  common = dict(vocab_size=vocab_size, dim=m.dim, backbone=backbone,
                 cnn_width=m.cnn_width, dtype=precision.compute_dtype(config))
   if m.name == 'lbf':
     if m.size not in lbf.ENTITY_GRIDS:
@@ -369,6 +380,25 @@ def choose_renderings(raw: dict, data: ml_collections.ConfigDict) -> tuple[dict,
   return out, setting
 
 
+def _with_feature_maps(raw: dict, config: ml_collections.ConfigDict) -> dict:
+  """Adds the frozen ImageNet maps of each split's images (and references)."""
+  if uses_regions(config):
+    raise ValueError(f'config.model.backbone={cached_backbone.CACHED!r} gives grid '
+                     'cells only; use config.model.entities_from=grid.')
+  tfds_dir = config.data.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
+  cache_dir = os.path.join(tfds_dir, 'composed_feature_maps')
+  mesh = sharding.make_mesh()
+  maps = lambda images: cached_backbone.feature_maps(images, cache_dir, mesh,
+                                                     config.eval.batch_size)
+  out = {}
+  for split, r in raw.items():
+    r = dict(r, image_features=maps(r['images']))
+    if r.get('reference_images') is not None:
+      r['reference_features'] = maps(r['reference_images'])
+    out[split] = r
+  return out
+
+
 def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabulary, list]:
   """({'train', 'val'?, 'test'}: ComposedSplit, vocabulary, training mods)."""
   data = config.data
@@ -398,13 +428,17 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, text.Vocabular
 
   regions = ({split: load_regions(config, split, raw[split]) for split in ('train', 'test')}
              if uses_regions(config) else {})
+  if config.model.backbone == cached_backbone.CACHED:
+    raw = _with_feature_maps(raw, config)
 
   def make(split, mods, gallery_ids):
     sources, targets, texts = _queries(mods)
     return ComposedSplit(raw[split]['images'], raw[split]['labels'], sources, targets,
                          texts, vocab.encode(texts, data.max_text_length),
                          gallery_ids, regions.get(split),
-                         raw[split].get('reference_images'))
+                         raw[split].get('reference_images'),
+                         raw[split].get('image_features'),
+                         raw[split].get('reference_features'))
 
   splits = {}
   fit_sources, fit_targets, _ = _queries(fit_mods)
