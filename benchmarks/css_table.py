@@ -1,64 +1,85 @@
-"""The CSS-style benchmark table: Recall@1/5/10/50 of LBF big, LBF small,
-TIRG, image only, text only and concat, each trained and tested with
+"""The CSS-style composed-retrieval table (issue 14): LBF big, LBF small,
+TIRG, concat, image only and text only in the LBF paper's CSS settings,
+trained and tested through `sbir_jax.experiments` (records under
+results/css_<recipe>/, a row whose record exists is skipped, so a stopped
+run resumes), then one JSON object and the Markdown table (validation beside
+test, training time per row) and, with --readme, the README block
+<!-- results:css_<recipe> -->.
 
-  python -m sbir_jax.main --config=configs/css.py:<model>,<size> --workdir=<root>/css_<model>_<size>
+  python -m benchmarks.css_table [--recipe=cpu] [--groups=imagenet:2d_to_2d,...]
+      [--models=lbf_big,tirg] [--seeds=0,1,2] [--readme=README.md]
 
-(one process per model, run one after another), then collected from each
-workdir's results.json. Prints one JSON object, then the table in Markdown.
-
-  python -m benchmarks.css_table [--size=cpu] [--models=lbf_big,tirg] [--root=workdir]
-
-Data: the CSS-style generator with configs/css.py's settings for that size
-(seeded; generated once and cached). Restarting resumes unfinished runs.
+Groups (trunk:setting): the frozen ImageNet Lite0 trunk with cached maps
+(`imagenet_cached`) in 2D-to-2D, 3D-style-to-3D-style and 2D-to-3D-style,
+and the small CNN from scratch (`small_cnn`) in 2D-to-2D. Each row runs
+`python -m sbir_jax.main --config=configs/css.py:<model>,<recipe>,<setting>[,imagenet_cached][,soft_triplet]`.
+LBF big and TIRG get --seeds (mean ± std), the other rows the first seed
+only (the table's seed column says so). LBF big also runs with the paper's
+soft triplet (its LBF form) beside the recipe's batch classification; every
+row names its loss.
 """
-import json
-import os
-import platform
-import subprocess
-import sys
-import time
+from typing import Iterator
 
 from absl import app
 from absl import flags
 
-MODELS = ('lbf_big', 'lbf_small', 'tirg', 'image_only', 'text_only', 'concat')
-flags.DEFINE_string('size', 'cpu', 'Config size variant (cpu or tiny).')
-flags.DEFINE_list('models', list(MODELS), 'Model variants to run.')
-flags.DEFINE_string('root', 'workdir', 'Parent folder of the workdirs.')
-flags.DEFINE_list('extra', [], 'Extra --config.x=y flags for every run.')
+from sbir_jax import experiments
+
+MODELS = {'lbf_big': 'LBF big', 'lbf_small': 'LBF small', 'tirg': 'TIRG',
+          'concat': 'concat', 'image_only': 'image only', 'text_only': 'text only'}
+SEEDED_MODELS = ('lbf_big', 'tirg')  # 3 seeds; the others one.
+TRUNKS = {'imagenet': ('imagenet_cached', 'frozen ImageNet Lite0, cached maps'),
+          'small_cnn': ('', 'small CNN from scratch')}
+SETTINGS = {'2d_to_2d': '2D-to-2D', '3d_to_3d': '3D-style-to-3D-style',
+            '2d_to_3d': '2D-to-3D-style'}
+GROUPS = ('imagenet:2d_to_2d', 'imagenet:3d_to_3d', 'imagenet:2d_to_3d',
+          'small_cnn:2d_to_2d')
+LOSS_NAMES = {'batch_classification': 'batch classification',
+              'soft_triplet': "soft triplet (the LBF paper's form)"}
+
+flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/css.py for every row.')
+flags.DEFINE_list('groups', list(GROUPS), 'trunk:setting groups to run.')
+flags.DEFINE_list('models', list(MODELS), 'Models to run in each group.')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of LBF big and TIRG.')
+flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
+flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
+flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
+flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
 FLAGS = flags.FLAGS
-KS = (1, 5, 10, 50)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(model: str) -> dict:
-  workdir = os.path.join(FLAGS.root, f'css_{model}_{FLAGS.size}')
-  command = [sys.executable, '-m', 'sbir_jax.main',
-             f'--config=configs/css.py:{model},{FLAGS.size}', f'--workdir={workdir}',
-             *FLAGS.extra]
-  start = time.time()
-  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-  seconds = time.time() - start
-  if done.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
-  results = json.loads(open(os.path.join(REPO, workdir, 'results.json')).read())['train']
-  return {'command': ' '.join(['python'] + command[1:]), 'wall_seconds': round(seconds, 1),
-          **{f'recall@{k}': round(results[f'test_recall@{k}'], 2) for k in KS},
-          'selected_step': results['selected_step'],
-          'train_seconds': round(results['train_seconds_this_run'], 1)}
+def rows(group: str, models: list[str], recipe: str = 'cpu'
+         ) -> Iterator[tuple[str, str, str]]:
+  """(model, config argument, row label) of a trunk:setting group."""
+  trunk, _, setting = group.partition(':')
+  if trunk not in TRUNKS or setting not in SETTINGS:
+    raise ValueError(f'--groups: {group!r}; use trunk:setting with trunk in '
+                     f'{list(TRUNKS)} and setting in {list(SETTINGS)}.')
+  trunk_variant, trunk_name = TRUNKS[trunk]
+  for model in models:
+    losses = ['batch_classification'] + (['soft_triplet'] if model == 'lbf_big' else [])
+    for loss in losses:
+      variants = [model, recipe, setting, trunk_variant,
+                  'soft_triplet' if loss == 'soft_triplet' else '']
+      arg = 'configs/css.py:' + ','.join(v for v in variants if v)
+      label = (f'{SETTINGS[setting]}: {MODELS[model]} ({trunk_name}; '
+               f'{LOSS_NAMES[loss]})')
+      yield model, arg, label
 
 
 def main(argv):
-  del argv
-  rows = {model: run(model) for model in FLAGS.models}
-  print(json.dumps({'machine': {'platform': platform.platform(),
-                                'processor': platform.processor(),
-                                'cpu_count': os.cpu_count()},
-                    'size': FLAGS.size, 'results': rows}, indent=2))
-  print('\n| model | R@1 | R@5 | R@10 | R@50 | train s |\n|---|---|---|---|---|---|')
-  for model, r in rows.items():
-    print(f'| {model} | ' + ' | '.join(f'{r[f"recall@{k}"]:.1f}' for k in KS)
-          + f' | {r["train_seconds"]:.0f} |')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = [m for m in FLAGS.models if m not in MODELS]
+  if unknown:
+    raise app.UsageError(f'--models: unknown {unknown}; use some of {list(MODELS)}.')
+  study = f'css_{FLAGS.recipe}'
+  seeds = [int(s) for s in FLAGS.seeds]
+  for group in FLAGS.groups:
+    for model, arg, label in rows(group, FLAGS.models, FLAGS.recipe):
+      experiments.run_seeds(study, arg, seeds if model in SEEDED_MODELS else seeds[:1],
+                            FLAGS.set, label, FLAGS.results_root, FLAGS.workdir_root)
+  experiments.report(study, FLAGS.results_root, FLAGS.readme)
 
 
 if __name__ == '__main__':

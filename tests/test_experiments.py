@@ -103,3 +103,21 @@ def test_zero_shot_rows_on_finetuned_features_are_named_and_configured_apart():
       zs_tables.FINETUNED_COSINE_ROW)
   assert zs_tables.kmeans_record(record, 'finetuned_trunk')['label'].startswith(
       'CVAE (k-means centres of samples), features of')
+
+
+def test_css_table_rows_configure_their_trunk_setting_and_loss():
+  from benchmarks import css_table
+  from configs import variants
+  rows = list(css_table.rows('imagenet:2d_to_3d', ['lbf_big', 'tirg']))
+  assert [r[0] for r in rows] == ['lbf_big', 'lbf_big', 'tirg']
+  configs = [variants.load_config(arg) for _, arg, _ in rows]
+  assert {c.data.setting for c in configs} == {'2d_to_3d'}
+  assert {c.model.backbone for c in configs} == {'efficientnet_lite0_cached'}
+  assert [c.loss.name for c in configs] == ['batch_classification', 'soft_triplet',
+                                            'batch_classification']
+  assert rows[1][2] == ("2D-to-3D-style: LBF big (frozen ImageNet Lite0, cached maps; "
+                        "soft triplet (the LBF paper's form))")
+  scratch = variants.load_config(next(css_table.rows('small_cnn:2d_to_2d', ['concat']))[1])
+  assert scratch.model.backbone == 'small_cnn' and scratch.data.setting == '2d_to_2d'
+  with pytest.raises(ValueError, match='trunk:setting'):
+    list(css_table.rows('imagenet:3d', ['tirg']))

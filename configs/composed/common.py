@@ -24,6 +24,7 @@ VARIANTS: dict[str, variants.Spec] = {
     'tirg_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'tirg'},
     'lbf_soft_triplet': {'loss.name': 'soft_triplet', 'loss.soft_triplet_form': 'lbf'},
     # The CSS-style settings of the LBF paper's CSS table.
+    '2d_to_2d': {'data.setting': '2d_to_2d'},
     '2d_to_3d': {'data.setting': '2d_to_3d'},
     '3d_to_3d': {'data.setting': '3d_to_3d'},
     # Batches as before issue 14: every slot drawn on its own.
