@@ -59,6 +59,7 @@ def _zs_trunk_tiny(config: ml_collections.ConfigDict) -> None:
 
 
 VARIANTS: dict[str, variants.Spec] = {
+    **common.VARIANTS,
     'zs_trunk_cpu': _zs_trunk_cpu,
     'zs_trunk_tiny': _zs_trunk_tiny,
 }
