@@ -37,15 +37,20 @@ GROUPS = ('imagenet:2d_to_2d', 'imagenet:3d_to_3d', 'imagenet:2d_to_3d',
 LOSS_NAMES = {'batch_classification': 'batch classification',
               'soft_triplet': "soft triplet (the LBF paper's form)"}
 
-flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/css.py for every row.')
-flags.DEFINE_list('groups', list(GROUPS), 'trunk:setting groups to run.')
-flags.DEFINE_list('models', list(MODELS), 'Models to run in each group.')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of LBF big and TIRG.')
-flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
-flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
-flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
-flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a command, so that tests can import `rows`
+  beside the other table commands (which define flags of the same names)."""
+  flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/css.py for every row.')
+  flags.DEFINE_list('groups', list(GROUPS), 'trunk:setting groups to run.')
+  flags.DEFINE_list('models', list(MODELS), 'Models to run in each group.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of LBF big and TIRG.')
+  flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
+  flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
+  flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
+  flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
 
 
 def rows(group: str, models: list[str], recipe: str = 'cpu'
@@ -83,4 +88,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
