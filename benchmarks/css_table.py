@@ -73,11 +73,7 @@ def rows(group: str, models: list[str], recipe: str = 'cpu'
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  unknown = [m for m in FLAGS.models if m not in MODELS]
-  if unknown:
-    raise app.UsageError(f'--models: unknown {unknown}; use some of {list(MODELS)}.')
+  experiments.check_table_args(argv, 'models', FLAGS.models, list(MODELS))
   study = f'css_{FLAGS.recipe}'
   seeds = [int(s) for s in FLAGS.seeds]
   for group in FLAGS.groups:

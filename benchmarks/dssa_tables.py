@@ -50,11 +50,7 @@ def config_arg(dataset: str, trunk: str, row: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  unknown = [r for r in FLAGS.rows if r not in ROW_KEYS]
-  if unknown:
-    raise app.UsageError(f'--rows: unknown {unknown}; use some of {list(ROW_KEYS)}.')
+  experiments.check_table_args(argv, 'rows', FLAGS.rows, list(ROW_KEYS))
   study = f'dssa_tables_{FLAGS.dataset}_{FLAGS.trunk}'
   for row in FLAGS.rows:
     experiments.run_seeds(study, config_arg(FLAGS.dataset, FLAGS.trunk, row), [FLAGS.seed],

@@ -145,11 +145,7 @@ def write_derived_records(study: str, recipe: str, results_root: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  unknown = [r for r in FLAGS.rows if r not in TRAINED_ROWS]
-  if unknown:
-    raise app.UsageError(f'--rows: unknown {unknown}; use some of {list(TRAINED_ROWS)}.')
+  experiments.check_table_args(argv, 'rows', FLAGS.rows, list(TRAINED_ROWS))
   study = f'zs_sketchy_{FLAGS.recipe}'
   seeds = [int(s) for s in FLAGS.seeds]
   for row in FLAGS.rows:

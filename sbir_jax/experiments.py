@@ -91,6 +91,17 @@ def run_seeds(study: str, config_arg: str, seeds: Sequence[int],
   return paths
 
 
+def check_table_args(argv: Sequence[str], flag: str, given: Sequence[str],
+                     known: Sequence[str]) -> None:
+  """A table command's checks: no stray arguments, every --<flag> value known."""
+  from absl import app
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = [g for g in given if g not in known]
+  if unknown:
+    raise app.UsageError(f'--{flag}: unknown {unknown}; use some of {list(known)}.')
+
+
 def write_record(path: str, record: dict[str, Any]) -> None:
   """Writes a record atomically: a kill never leaves half a file."""
   with open(path + '.tmp', 'w') as f:

@@ -149,17 +149,10 @@ def read_class_splits(builder, data: ml_collections.ConfigDict) -> dict[str, Raw
   out = {}
   for name, wanted in classes.items():
     sketches = sketch.select(np.isin(sketch.labels, wanted))
-    photos = photo.select(np.isin(photo.ids, sketches.photo_ids))
-    row = {k: i for i, k in enumerate(photos.ids.tolist())}
-    unpaired = sorted(set(sketches.photo_ids.tolist()) - set(row))
-    if unpaired:
-      raise sketchy.SketchyError(
-          f'{len(unpaired)} {name} sketch(es) of {data.manual_dir} were drawn from '
-          f'photos missing from its photo/ folder, e.g. {unpaired[:3]}: pairs need '
-          'them. Copy the photo folder of the same Sketchy release.')
+    photos, photo_index = sketchy.paired_photos(sketches, photo, data.manual_dir, name)
     grey = _read_images(sketches).mean(axis=-1, keepdims=True)
     raw = RawSplit(np.round(grey).astype(np.uint8), _read_images(photos),
-                   np.array([row[p] for p in sketches.photo_ids.tolist()], np.int32),
+                   photo_index,
                    [np.zeros((0, 2), np.int32)] * len(sketches),
                    np.array([class_id[c] for c in photos.labels.tolist()], np.int32))
     if data.photo_input == 'edge':

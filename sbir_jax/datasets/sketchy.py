@@ -248,6 +248,21 @@ def class_splits(sketch_labels, data) -> dict[str, list[str]]:
   return {'train': train, 'val': val, 'test': unseen}
 
 
+def paired_photos(sketches, photos, source: str, what: str):
+  """(the photos `sketches` were drawn from, as an ImageSet in file order;
+  (N,) index of each sketch's photo in it). Raises SketchyError naming the
+  missing photos if a sketch's photo is absent; `what` names the sketches."""
+  drawn = photos.select(np.isin(photos.ids, sketches.photo_ids))
+  row = {k: i for i, k in enumerate(drawn.ids.tolist())}
+  unpaired = sorted(set(sketches.photo_ids.tolist()) - set(row))
+  if unpaired:
+    raise SketchyError(
+        f'{len(unpaired)} {what} sketch(es) of {source} were drawn from photos '
+        f'missing from its photo/ folder, e.g. {unpaired[:3]}: pairs need them. '
+        'Copy the photo folder of the same Sketchy release.')
+  return drawn, np.array([row[p] for p in sketches.photo_ids.tolist()], np.int32)
+
+
 def check_gallery(gallery_classes, unseen: list[str], source: str) -> None:
   """Every unseen class needs at least one photo in the gallery."""
   have = set(np.asarray(gallery_classes).tolist())

@@ -137,15 +137,8 @@ def load_sketchy(data: ml_collections.ConfigDict, store_for) -> dict:
                        data.max_train_sketches_per_class)
   train_sketch = sketch.select(train_mask)
   # Only the photos the training sketches were drawn from are ever used.
-  train_photo = photo.select(np.isin(photo.ids, train_sketch.photo_ids))
-  position = {k: i for i, k in enumerate(train_photo.ids.tolist())}
-  unpaired = sorted(set(train_sketch.photo_ids.tolist()) - set(position))
-  if unpaired:
-    raise sketchy.SketchyError(
-        f'{len(unpaired)} training sketch(es) of {data.manual_dir} were drawn from '
-        f'photos missing from its photo/ folder, e.g. {unpaired[:3]}: training pairs '
-        'need them. Copy the photo folder of the same Sketchy release.')
-  photo_of_sketch = np.array([position[p] for p in train_sketch.photo_ids.tolist()])
+  train_photo, photo_of_sketch = sketchy.paired_photos(train_sketch, photo,
+                                                       data.manual_dir, 'training')
 
   def retrieval(classes, gallery_images) -> EvalData:
     query = sketch.select(_capped(_in(sketch.labels, classes), sketch.labels,
