@@ -129,7 +129,7 @@ def test_cached_imagenet_maps_give_the_live_trunks_outputs(tfds_dir, model, monk
                            method=cached.model.compose)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-2, atol=2e-2)
   # The maps come from the cache now: extraction would fail.
-  monkeypatch.setattr(cached_backbone, '_extract_fn', lambda: 1 / 0)
+  monkeypatch.setattr(cached_backbone, '_jitted', lambda mesh: 1 / 0)
   again = composed_task.ComposedTask(_config(tfds_dir, f'{model},imagenet_cached,tiny'), None)
   np.testing.assert_array_equal(again.splits['test'].image_features,
                                 split_cached.image_features)

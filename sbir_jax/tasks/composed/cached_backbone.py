@@ -12,6 +12,7 @@ every step. LBF's entities are the map's cells (box-pooled to 6x6 for K = 36,
 3x6 for K = 18), TIRG and the baselines pool it globally, as with the live
 backbone.
 """
+import functools
 import hashlib
 import os
 
@@ -33,6 +34,7 @@ def content_key(images_uint8: np.ndarray) -> str:
 
 
 def _extract_fn():
+  """The maps of uint8 images, with the ImageNet weights (read once)."""
   from sbir_jax.models import convert_efficientnet
   from sbir_jax.models import efficientnet_lite
   variables = convert_efficientnet.load_pretrained()
@@ -42,6 +44,12 @@ def _extract_fn():
     x = efficientnet_lite.preprocess(images)
     return net.apply(variables, x, train=False, method=net.feature_map).astype(np.float16)
   return maps
+
+
+@functools.cache
+def _jitted(mesh: jax.sharding.Mesh):
+  """One compiled extraction per mesh, shared by every split and rendering."""
+  return jax.jit(_extract_fn(), out_shardings=sharding.replicated(mesh))
 
 
 def feature_maps(images_uint8: np.ndarray, cache_dir: str, mesh: jax.sharding.Mesh,
@@ -57,8 +65,7 @@ def feature_maps(images_uint8: np.ndarray, cache_dir: str, mesh: jax.sharding.Me
                     len(images_uint8))
   logging.info('Computing ImageNet Lite0 feature maps of %d images into %s',
                len(images_uint8), path)
-  extract = jax.jit(_extract_fn(), out_shardings=sharding.replicated(mesh))
-  maps = np.asarray(sharding.map_batches(extract, images_uint8, batch_size, mesh),
+  maps = np.asarray(sharding.map_batches(_jitted(mesh), images_uint8, batch_size, mesh),
                     np.float16)
   if jax.process_index() == 0:
     os.makedirs(cache_dir, exist_ok=True)
