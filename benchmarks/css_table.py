@@ -7,7 +7,8 @@ test, training time per row) and, with --readme, the README block
 <!-- results:css_<recipe> -->.
 
   python -m benchmarks.css_table [--recipe=cpu] [--groups=imagenet:2d_to_2d,...]
-      [--models=lbf_big,tirg] [--seeds=0,1,2] [--readme=README.md]
+      [--models=lbf_big,tirg] [--losses=batch_classification] [--seeds=0,1,2]
+      [--readme=README.md]
 
 Groups (trunk:setting): the frozen ImageNet Lite0 trunk with cached maps
 (`imagenet_cached`) in 2D-to-2D, 3D-style-to-3D-style and 2D-to-3D-style,
@@ -16,7 +17,9 @@ and the small CNN from scratch (`small_cnn`) in 2D-to-2D. Each row runs
 LBF big and TIRG get --seeds (mean ± std), the other rows the first seed
 only (the table's seed column says so). LBF big also runs with the paper's
 soft triplet (its LBF form) beside the recipe's batch classification; every
-row names its loss.
+row names its loss. --losses limits the rows to some losses (e.g. to train
+the batch-classification rows' extra seeds first); records of every row
+already run stay in the table.
 """
 from typing import Iterator
 
@@ -46,6 +49,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('recipe', 'cpu', 'Variant of configs/css.py for every row.')
   flags.DEFINE_list('groups', list(GROUPS), 'trunk:setting groups to run.')
   flags.DEFINE_list('models', list(MODELS), 'Models to run in each group.')
+  flags.DEFINE_list('losses', list(LOSS_NAMES), 'Losses to run (soft_triplet: LBF big only).')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of LBF big and TIRG.')
   flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
   flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
@@ -53,17 +57,18 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
 
 
-def rows(group: str, models: list[str], recipe: str = 'cpu'
-         ) -> Iterator[tuple[str, str, str]]:
-  """(model, config argument, row label) of a trunk:setting group."""
+def rows(group: str, models: list[str], recipe: str = 'cpu',
+         losses: tuple[str, ...] = tuple(LOSS_NAMES)) -> Iterator[tuple[str, str, str]]:
+  """(model, config argument, row label) of a trunk:setting group, for the
+  `losses` among LOSS_NAMES (soft_triplet rows: LBF big only)."""
   trunk, _, setting = group.partition(':')
   if trunk not in TRUNKS or setting not in SETTINGS:
     raise ValueError(f'--groups: {group!r}; use trunk:setting with trunk in '
                      f'{list(TRUNKS)} and setting in {list(SETTINGS)}.')
   trunk_variant, trunk_name = TRUNKS[trunk]
   for model in models:
-    losses = ['batch_classification'] + (['soft_triplet'] if model == 'lbf_big' else [])
-    for loss in losses:
+    model_losses = ['batch_classification'] + (['soft_triplet'] if model == 'lbf_big' else [])
+    for loss in (l for l in model_losses if l in losses):
       variants = [model, recipe, setting, trunk_variant,
                   'soft_triplet' if loss == 'soft_triplet' else '']
       arg = 'configs/css.py:' + ','.join(v for v in variants if v)
@@ -74,10 +79,11 @@ def rows(group: str, models: list[str], recipe: str = 'cpu'
 
 def main(argv):
   experiments.check_table_args(argv, 'models', FLAGS.models, list(MODELS))
+  experiments.check_table_args(argv, 'losses', FLAGS.losses, list(LOSS_NAMES))
   study = f'css_{FLAGS.recipe}'
   seeds = [int(s) for s in FLAGS.seeds]
   for group in FLAGS.groups:
-    for model, arg, label in rows(group, FLAGS.models, FLAGS.recipe):
+    for model, arg, label in rows(group, FLAGS.models, FLAGS.recipe, tuple(FLAGS.losses)):
       experiments.run_seeds(study, arg, seeds if model in SEEDED_MODELS else seeds[:1],
                             FLAGS.set, label, FLAGS.results_root, FLAGS.workdir_root)
   experiments.report(study, FLAGS.results_root, FLAGS.readme)

@@ -117,6 +117,9 @@ def test_css_table_rows_configure_their_trunk_setting_and_loss():
                                             'batch_classification']
   assert rows[1][2] == ("2D-to-3D-style: LBF big (frozen ImageNet Lite0, cached maps; "
                         "soft triplet (the LBF paper's form))")
+  only_bc = css_table.rows('imagenet:2d_to_3d', ['lbf_big'], losses=('batch_classification',))
+  assert [variants.load_config(arg).loss.name for _, arg, _ in only_bc] == [
+      'batch_classification']
   scratch = variants.load_config(next(css_table.rows('small_cnn:2d_to_2d', ['concat']))[1])
   assert scratch.model.backbone == 'small_cnn' and scratch.data.setting == '2d_to_2d'
   with pytest.raises(ValueError, match='trunk:setting'):
