@@ -77,15 +77,23 @@ def rows(group: str, models: list[str], recipe: str = 'cpu',
       yield model, arg, label
 
 
+def row_order(recipe: str = 'cpu') -> list[str]:
+  """Config arguments of every row, in the table's order (groups as in
+  GROUPS, models as in MODELS), whichever rows a command runs."""
+  return [arg for group in GROUPS for _, arg, _ in rows(group, list(MODELS), recipe)]
+
+
 def main(argv):
   experiments.check_table_args(argv, 'models', FLAGS.models, list(MODELS))
   experiments.check_table_args(argv, 'losses', FLAGS.losses, list(LOSS_NAMES))
   study = f'css_{FLAGS.recipe}'
   seeds = [int(s) for s in FLAGS.seeds]
+  order = row_order(FLAGS.recipe)
   for group in FLAGS.groups:
     for model, arg, label in rows(group, FLAGS.models, FLAGS.recipe, tuple(FLAGS.losses)):
       experiments.run_seeds(study, arg, seeds if model in SEEDED_MODELS else seeds[:1],
-                            FLAGS.set, label, FLAGS.results_root, FLAGS.workdir_root)
+                            FLAGS.set, label, FLAGS.results_root, FLAGS.workdir_root,
+                            row=order.index(arg))
   experiments.report(study, FLAGS.results_root, FLAGS.readme)
 
 

@@ -55,8 +55,10 @@ def command_line(config_arg: str, overrides: Sequence[str]) -> str:
 
 def run_seeds(study: str, config_arg: str, seeds: Sequence[int],
               overrides: Sequence[str], label: Optional[str],
-              results_root: str, workdir_root: str) -> list[str]:
-  """Trains each seed in its own process; returns the record paths."""
+              results_root: str, workdir_root: str, row: Optional[int] = None) -> list[str]:
+  """Trains each seed in its own process; returns the record paths. `row`:
+  the row's place in the study's table (a table command's order; rows
+  without one follow, by file name)."""
   out_dir = os.path.join(results_root, study)
   os.makedirs(out_dir, exist_ok=True)
   paths, started = [], time.time()
@@ -83,6 +85,8 @@ def run_seeds(study: str, config_arg: str, seeds: Sequence[int],
     record.update(study=study, overrides=list(overrides),
                   label=label or command_line(config_arg, overrides),
                   command=command_line(config_arg, overrides) + f' --config.seed={seed}')
+    if row is not None:
+      record['row'] = row
     write_record(path, record)
     done = i + 1
     eta = (time.time() - started) / done * (len(seeds) - done)
@@ -141,7 +145,7 @@ def _mean_std(values: Sequence[float], digits: int = 2) -> str:
 def table(records: Sequence[dict[str, Any]]) -> str:
   """Markdown: one row per label, mean ± std over its seeds, val beside test."""
   rows: dict[str, list[dict]] = {}
-  for record in records:
+  for record in sorted(records, key=lambda r: r.get('row', float('inf'))):
     rows.setdefault(record['label'], []).append(record)
   metrics = TABLE_METRICS.get(records[0]['task'], tuple(records[0]['test'])[:2])
   digits = TABLE_DIGITS.get(records[0]['task'], 2)

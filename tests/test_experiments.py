@@ -26,6 +26,14 @@ def test_table_shows_mean_and_std_over_seeds_with_val_beside_test():
   assert lines[3] == '| b | 0 | 5.00 | 6.00 | 7.00 | 500 (300) | 10.0 |'
 
 
+def test_rows_follow_their_table_order_then_file_order():
+  placed = [dict(_record('late', 0, 1.0, 1.0, 1.0), row=5),
+            _record('unplaced', 0, 1.0, 1.0, 1.0),
+            dict(_record('early', 0, 1.0, 1.0, 1.0), row=2)]
+  labels = [line.split(' | ')[0][2:] for line in experiments.table(placed).split('\n')[2:-1]]
+  assert labels == ['early', 'late', 'unplaced']
+
+
 def test_readme_block_is_replaced_and_a_missing_block_named():
   text = 'intro\n<!-- results:s -->\nold\n<!-- /results:s -->\nend\n'
   new = experiments.replace_block(text, 's', 'new\n')
@@ -124,3 +132,6 @@ def test_css_table_rows_configure_their_trunk_setting_and_loss():
   assert scratch.model.backbone == 'small_cnn' and scratch.data.setting == '2d_to_2d'
   with pytest.raises(ValueError, match='trunk:setting'):
     list(css_table.rows('imagenet:3d', ['tirg']))
+  order = css_table.row_order()
+  assert len(order) == len(set(order)) == 4 * (len(css_table.MODELS) + 1)
+  assert order.index(rows[0][1]) < order.index(rows[2][1])  # LBF big before TIRG.
