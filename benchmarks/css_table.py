@@ -51,10 +51,8 @@ def _define_flags() -> None:
   flags.DEFINE_list('models', list(MODELS), 'Models to run in each group.')
   flags.DEFINE_list('losses', list(LOSS_NAMES), 'Losses to run (soft_triplet: LBF big only).')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of LBF big and TIRG.')
-  flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
-  flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
-  flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
-  flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+  experiments.define_table_flags()
+  flags.adopt_module_key_flags(experiments)  # --help lists them.
 
 
 def rows(group: str, models: list[str], recipe: str = 'cpu',

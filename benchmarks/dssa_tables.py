@@ -37,10 +37,8 @@ flags.DEFINE_enum('dataset', 'shoes', DATASETS, 'configs/<dataset>.py.')
 flags.DEFINE_enum('trunk', 'imagenet', TRUNKS, 'The trunk (sketch_a_net: the paper\'s).')
 flags.DEFINE_list('rows', list(ROWS.values()), 'Rows to run, as their variants.')
 flags.DEFINE_integer('seed', 0, 'One seed per ablation row.')
-flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
-flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
-flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
-flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+experiments.define_table_flags()
+flags.adopt_module_key_flags(experiments)  # --help lists them.
 FLAGS = flags.FLAGS
 
 

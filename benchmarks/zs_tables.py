@@ -58,10 +58,8 @@ flags.DEFINE_enum('features', 'imagenet', list(FEATURES),
                   'Whose features: the ImageNet Lite0 or the seen-class fine-tuned trunk.')
 flags.DEFINE_list('rows', list(TRAINED_ROWS), 'Trained rows to run.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each trained row.')
-flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
-flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
-flags.DEFINE_string('results_root', experiments.RESULTS_ROOT, 'Records folder.')
-flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+experiments.define_table_flags()
+flags.adopt_module_key_flags(experiments)  # --help lists them.
 FLAGS = flags.FLAGS
 
 

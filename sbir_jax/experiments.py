@@ -167,6 +167,15 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def define_table_flags() -> None:
+  """The flags every table command (benchmarks/*_tables.py, css_table.py)
+  shares: --set, --readme, --results_root and --workdir_root."""
+  flags.DEFINE_multi_string('set', [], 'Overrides for every row, e.g. num_train_steps=200.')
+  flags.DEFINE_string('readme', None, 'Rewrite this file\'s block of the study.')
+  flags.DEFINE_string('results_root', RESULTS_ROOT, 'Records folder.')
+  flags.DEFINE_string('workdir_root', 'workdir', 'Parent folder of the workdirs.')
+
+
 def readme_block(study: str) -> tuple[str, str]:
   return f'<!-- results:{study} -->\n', f'<!-- /results:{study} -->'
 
