@@ -135,3 +135,30 @@ def test_css_table_rows_configure_their_trunk_setting_and_loss():
   order = css_table.row_order()
   assert len(order) == len(set(order)) == 4 * (len(css_table.MODELS) + 1)
   assert order.index(rows[0][1]) < order.index(rows[2][1])  # LBF big before TIRG.
+
+
+def test_dssa_table_rows_differ_from_the_results_recipe_in_the_papers_switches_only():
+  from benchmarks import dssa_tables
+  from configs import variants
+  recipe = variants.load_config('configs/shoes.py:imagenet_cpu,hardest_negatives')
+  switches = ('model.attention', 'model.attention_shortcut', 'model.coarse_fine_fusion',
+              'loss.energy')
+  expected = {  # Tables 2-5 of DSSA: (attention, shortcut, CFF, energy).
+      'base': (False, True, False, 'euclidean'), 'cff': (False, True, True, 'euclidean'),
+      'holef': (False, True, False, 'holef'), 'full': (True, True, True, 'holef'),
+      'no_attention': (False, True, True, 'holef'), 'no_shortcut': (True, False, True, 'holef'),
+      'euclidean': (True, True, True, 'euclidean'), 'weighted': (True, True, True, 'weighted'),
+      'mahalanobis': (True, True, True, 'mahalanobis')}
+  assert list(dssa_tables.ROWS) == list(expected)
+  assert all(',' not in name for name in expected)  # --rows splits at commas.
+  def switch_values(config):
+    return tuple(config[k.split('.')[0]][k.split('.')[1]] for k in switches)
+
+  for row, values in expected.items():
+    config = variants.load_config(dssa_tables.config_arg('shoes', 'imagenet', row))
+    assert switch_values(config) == values, row
+    with config.unlocked():  # Everything else is the recipe's.
+      for key, value in zip(switches, switch_values(recipe)):
+        config[key.split('.')[0]][key.split('.')[1]] = value
+    assert config.to_dict() == recipe.to_dict(), row
+  assert dssa_tables.config_arg('chairs', 'sketch_a_net', 'base') == 'configs/chairs.py:cpu,base'
