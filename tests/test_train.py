@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sbir_jax.core import checkpointing
+from sbir_jax.core import records
 from sbir_jax.core import trainer
 from tests import helpers
 
@@ -21,10 +22,18 @@ def _latest_params(workdir, config):
   return int(restored['step']), restored['params']
 
 
-def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path):
+def test_train_on_8_devices_then_eval_reproduces_metrics(config, tmp_path, monkeypatch):
   assert jax.device_count() == 8
   workdir = str(tmp_path / 'run')
+  # A checkout during training (HEAD moves on once steps are written) must not
+  # relabel the run.
+  def head_now():
+    moved = os.path.exists(os.path.join(workdir, 'results.json'))
+    return {'commit': 'checked_out_later' if moved else 'started', 'dirty': False}
+  monkeypatch.setattr(records, 'git_state', head_now)
   results = trainer.train_and_evaluate(config, workdir)
+  assert json.loads((tmp_path / 'run' / 'record.json').read_text())['git']['commit'] == (
+      'started')
   assert results['devices'] == 8
   assert 0 <= results['test_acc@1'] <= results['test_acc@10'] <= 100
   assert np.isfinite(results['test_acc@1'])

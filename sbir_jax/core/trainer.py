@@ -150,6 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `stop_after_steps` ends the loop early as a kill would (for tests).
   """
   workdir = str(workdir)
+  # The code this process runs: a checkout during training must not relabel it.
+  code = records.git_state()
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -238,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   write_results(workdir, {'train': results})
   if jax.process_index() == 0:
-    records.write_record(workdir, records.make_record(config, config_arg, results))
+    records.write_record(workdir, records.make_record(config, config_arg, results, code))
     task.write_outputs(selected.variables, workdir)
   console.say(console.metrics_line(f'Selected checkpoint ({which}, step {step})', metrics))
   return results
