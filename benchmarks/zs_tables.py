@@ -115,6 +115,7 @@ def evaluate_baselines(recipe: str, features: str = 'imagenet') -> dict[str, Any
   from sbir_jax.core import sharding
   from sbir_jax.tasks.zs_sbir import baselines
   from sbir_jax.tasks.zs_sbir import task as zs_task
+  code = records.git_state()  # Before the evaluation, as the trainer does.
   variants = variants_of(recipe, features)
   config = zs_sketchy.get_config(variants)
   task = zs_task.ZsSbirTask(config, sharding.make_mesh())
@@ -122,7 +123,7 @@ def evaluate_baselines(recipe: str, features: str = 'imagenet') -> dict[str, Any
   for split in ('val', 'test'):
     evaluator = baselines.Evaluator(task.predict_fns['features'], split, config)
     metrics.update({f'{split}_{k}': float(v) for k, v in evaluator.run({}).items()})
-  record = records.make_record(config, f'configs/zs_sketchy.py:{variants}', metrics)
+  record = records.make_record(config, f'configs/zs_sketchy.py:{variants}', metrics, code)
   record['command'] = (f'python -m benchmarks.zs_tables --recipe={recipe}'
                        + (f' --features={features}' if features != 'imagenet' else ''))
   return record

@@ -151,6 +151,7 @@ def test_dssa_table_rows_differ_from_the_results_recipe_in_the_papers_switches_o
       'mahalanobis': (True, True, True, 'mahalanobis')}
   assert list(dssa_tables.ROWS) == list(expected)
   assert all(',' not in name for name in expected)  # --rows splits at commas.
+
   def switch_values(config):
     return tuple(config[k.split('.')[0]][k.split('.')[1]] for k in switches)
 

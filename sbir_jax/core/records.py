@@ -88,18 +88,17 @@ def split_metrics(metrics: dict[str, float], split: str) -> dict[str, float]:
 
 
 def make_record(config: ml_collections.ConfigDict, config_arg: Optional[str],
-                results: dict[str, Any], code: Optional[dict[str, Any]] = None
-                ) -> dict[str, Any]:
+                results: dict[str, Any], code: dict[str, Any]) -> dict[str, Any]:
   """The record of a finished run; `results` is the trainer's 'train' entry,
   `code` the git_state() taken when the run (or its last resumed part)
-  started; without it, the repository's state now."""
+  started: HEAD may have moved on since."""
   metrics = {k: v for k, v in results.items() if isinstance(v, float)}
   return {
       'config_arg': config_arg,
       'task': config.task,
       'seed': int(config.seed),
       'config': json.loads(config.to_json_best_effort()),
-      'git': code if code is not None else git_state(),
+      'git': code,
       'data': data_fingerprints(config.data),
       'selected_step': results.get('selected_step'),
       'trained_steps': results.get('trained_steps'),
