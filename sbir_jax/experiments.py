@@ -149,8 +149,12 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     rows.setdefault(record['label'], []).append(record)
   metrics = TABLE_METRICS.get(records[0]['task'], tuple(records[0]['test'])[:2])
   digits = TABLE_DIGITS.get(records[0]['task'], 2)
+  # A published number beside each row, where the table command put one in
+  # the records (`record['paper']`, e.g. benchmarks/dssa_tables.py).
+  paper = [m for m in metrics if any(m in r.get('paper', {}) for r in records)]
   header = (['run', 'seeds'] + [f'val {m}' for m in metrics[:1]]
-            + [f'test {m}' for m in metrics] + ['steps (selected)', 'train min / run'])
+            + [f'test {m}' for m in metrics] + [f'paper {m}' for m in paper]
+            + ['steps (selected)', 'train min / run'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for label, group in rows.items():
     group = sorted(group, key=lambda r: r['seed'])
@@ -158,6 +162,8 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     cells += [_mean_std([r['val'].get(m, float('nan')) for r in group], digits)
               for m in metrics[:1]]
     cells += [_mean_std([r['test'][m] for r in group], digits) for m in metrics]
+    cells += [f"{group[0]['paper'][m]:.{digits}f}" if m in group[0].get('paper', {}) else '—'
+              for m in paper]
     if group[0]['trained_steps']:
       cells.append(f"{group[0]['trained_steps']} ({'/'.join(str(r['selected_step']) for r in group)})")
       cells.append(f"{statistics.mean(r['train_seconds'] / 60 for r in group):.1f}")

@@ -26,6 +26,16 @@ def test_table_shows_mean_and_std_over_seeds_with_val_beside_test():
   assert lines[3] == '| b | 0 | 5.00 | 6.00 | 7.00 | 500 (300) | 10.0 |'
 
 
+def test_a_paper_column_shows_published_numbers_where_records_carry_them():
+  body = experiments.table([dict(_record('a', 0, 1.0, 2.0, 3.0), paper={'acc@1': 52.17}),
+                            _record('b', 0, 1.0, 2.0, 3.0)])
+  lines = body.strip().split('\n')
+  assert lines[0] == ('| run | seeds | val acc@1 | test acc@1 | test acc@10 | paper acc@1 | '
+                      'steps (selected) | train min / run |')
+  assert lines[2] == '| a | 0 | 1.00 | 2.00 | 3.00 | 52.17 | 500 (300) | 10.0 |'
+  assert lines[3] == '| b | 0 | 1.00 | 2.00 | 3.00 | — | 500 (300) | 10.0 |'
+
+
 def test_rows_follow_their_table_order_then_file_order():
   placed = [dict(_record('late', 0, 1.0, 1.0, 1.0), row=5),
             _record('unplaced', 0, 1.0, 1.0, 1.0),
@@ -163,3 +173,18 @@ def test_dssa_table_rows_differ_from_the_results_recipe_in_the_papers_switches_o
         config[key.split('.')[0]][key.split('.')[1]] = value
     assert config.to_dict() == recipe.to_dict(), row
   assert dssa_tables.config_arg('chairs', 'sketch_a_net', 'base') == 'configs/chairs.py:cpu,base'
+
+
+def test_dssa_table_records_get_the_papers_number_of_their_row(tmp_path):
+  from benchmarks import dssa_tables
+  assert all(list(rows) == list(dssa_tables.ROWS) for rows in dssa_tables.PAPER.values())
+  study = tmp_path / 'dssa_tables_shoes_imagenet'
+  study.mkdir()
+  for row in ('base', 'no_shortcut'):
+    experiments.write_record(str(study / f'{row}.json'), dict(
+        _record(row, 0, 1.0, 2.0, 3.0), row=list(dssa_tables.ROWS).index(row)))
+  dssa_tables.add_paper_numbers(study.name, 'shoes', str(tmp_path))
+  records = {r['label']: r for r in experiments.load_records(study.name, str(tmp_path))}
+  assert records['base']['paper'] == {'acc@1': 52.17, 'acc@10': 92.17}  # Table 2.
+  assert records['no_shortcut']['paper'] == {'acc@1': 27.83}  # Table 4: acc@1 only.
+  assert dssa_tables.paper_numbers('chair_v2', 'base') == {}  # Not in the paper.
