@@ -15,8 +15,9 @@ Mahalanobis, HOLEF) on the full model. Each row runs
 through `sbir_jax.experiments` (records under results/<study>/; a row whose
 record exists is skipped, so a stopped run resumes). The recipe is the one
 the results rows use (RECIPES: chosen on Shoe V1 validation), so the table's
-full row is that recipe's seed-0 model and the other rows differ from it in
-the paper's switches only. Beside each row the table shows the paper's
+full row is that recipe's config at seed 0, trained again here, and the other
+rows differ from it in the paper's switches only. (Same config and seed do
+not give the same run on another CPU or commit: each record names both.) Beside each row the table shows the paper's
 number for it (PAPER; Shoe V1, Chair V1 and Handbag, on the paper's trunk).
 """
 
