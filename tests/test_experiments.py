@@ -75,6 +75,14 @@ def test_every_readme_table_equals_the_table_of_its_records():
       assert record['git']['commit'] and record['data'] and record['machine']
 
 
+def test_machine_names_the_cpu_and_the_library_versions():
+  # A seed repeats a run only on the same CPU and libraries (README, ablation table).
+  info = records.machine()
+  assert info['cpu'] and info['jax']
+  assert info['packages']['flax'] and info['packages']['numpy']
+  assert 'tensorflow-datasets' in info['packages']
+
+
 def test_fingerprint_changes_with_content(tmp_path):
   (tmp_path / 'a.txt').write_text('one')
   first = records.fingerprint_files(str(tmp_path))

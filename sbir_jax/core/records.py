@@ -10,6 +10,7 @@ a table and its evidence cannot drift apart.
 """
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -66,6 +67,23 @@ def data_fingerprints(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+# Libraries whose versions can change a run's arithmetic or data (besides
+# jax's, recorded on its own): a seed repeats a run only on the same setup.
+PACKAGES = ('jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow',
+            'tensorflow-cpu', 'tensorflow-datasets')
+
+
+def package_versions() -> dict[str, str]:
+  """Installed version of each of PACKAGES (absent ones left out)."""
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
 def machine() -> dict[str, Any]:
   """The hardware and software the run used."""
   cpu = platform.processor() or platform.machine()
@@ -78,7 +96,8 @@ def machine() -> dict[str, Any]:
   return {'platform': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
           'devices': jax.device_count(), 'processes': jax.process_count(),
           'cpu': cpu, 'cpu_count': os.cpu_count(), 'hostname': platform.node(),
-          'jax': jax.__version__, 'python': platform.python_version()}
+          'jax': jax.__version__, 'python': platform.python_version(),
+          'packages': package_versions()}
 
 
 def split_metrics(metrics: dict[str, float], split: str) -> dict[str, float]:
