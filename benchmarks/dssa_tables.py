@@ -16,9 +16,10 @@ through `sbir_jax.experiments` (records under results/<study>/; a row whose
 record exists is skipped, so a stopped run resumes). The recipe is the one
 the results rows use (RECIPES: chosen on Shoe V1 validation), so the table's
 full row is that recipe's config at seed 0, trained again here, and the other
-rows differ from it in the paper's switches only. (Same config and seed do
-not give the same run on another CPU or commit: each record names both.) Beside each row the table shows the paper's
-number for it (PAPER; Shoe V1, Chair V1 and Handbag, on the paper's trunk).
+rows differ from it in the paper's switches only. (Config and seed repeat a
+run only on the same CPU and libraries, which each record names.) Beside
+each row the table shows the paper's number for it (PAPER; Shoe V1, Chair V1
+and Handbag, on the paper's trunk).
 """
 
 import json
@@ -107,9 +108,9 @@ def add_paper_numbers(study: str, dataset: str, results_root: str) -> None:
   too)."""
   folder = os.path.join(results_root, study)
   for name in sorted(os.listdir(folder)):
-    path = os.path.join(folder, name)
     if not name.endswith('.json'):
       continue
+    path = os.path.join(folder, name)
     with open(path) as f:
       record = json.load(f)
     paper = paper_numbers(dataset, list(ROWS)[record['row']])
