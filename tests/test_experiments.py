@@ -15,32 +15,35 @@ def _record(label, seed, val, test1, test10, step=300):
           'val': {'acc@1': val}, 'test': {'acc@1': test1, 'acc@10': test10}}
 
 
+def _table_lines(records):
+  """The table of `records` as lines, the header's separator left out."""
+  header, _, *rows = experiments.table(records).strip().split('\n')
+  return [header, *rows]
+
+
 def test_table_shows_mean_and_std_over_seeds_with_val_beside_test():
-  body = experiments.table([_record('a', 1, 20.0, 30.0, 70.0, 400),
-                            _record('a', 0, 10.0, 20.0, 60.0),
-                            _record('b', 0, 5.0, 6.0, 7.0)])
-  lines = body.strip().split('\n')
-  assert lines[0] == ('| run | seeds | val acc@1 | test acc@1 | test acc@10 | '
-                      'steps (selected) | train min / run |')
-  assert lines[2] == '| a | 0,1 | 15.00 ± 7.07 | 25.00 ± 7.07 | 65.00 ± 7.07 | 500 (300/400) | 10.0 |'
-  assert lines[3] == '| b | 0 | 5.00 | 6.00 | 7.00 | 500 (300) | 10.0 |'
+  assert _table_lines([_record('a', 1, 20.0, 30.0, 70.0, 400),
+                       _record('a', 0, 10.0, 20.0, 60.0),
+                       _record('b', 0, 5.0, 6.0, 7.0)]) == [
+      '| run | seeds | val acc@1 | test acc@1 | test acc@10 | steps (selected) | train min / run |',
+      '| a | 0,1 | 15.00 ± 7.07 | 25.00 ± 7.07 | 65.00 ± 7.07 | 500 (300/400) | 10.0 |',
+      '| b | 0 | 5.00 | 6.00 | 7.00 | 500 (300) | 10.0 |']
 
 
 def test_a_paper_column_shows_published_numbers_where_records_carry_them():
-  body = experiments.table([dict(_record('a', 0, 1.0, 2.0, 3.0), paper={'acc@1': 52.17}),
-                            _record('b', 0, 1.0, 2.0, 3.0)])
-  lines = body.strip().split('\n')
-  assert lines[0] == ('| run | seeds | val acc@1 | test acc@1 | test acc@10 | paper acc@1 | '
-                      'steps (selected) | train min / run |')
-  assert lines[2] == '| a | 0 | 1.00 | 2.00 | 3.00 | 52.17 | 500 (300) | 10.0 |'
-  assert lines[3] == '| b | 0 | 1.00 | 2.00 | 3.00 | — | 500 (300) | 10.0 |'
+  assert _table_lines([dict(_record('a', 0, 1.0, 2.0, 3.0), paper={'acc@1': 52.17}),
+                       _record('b', 0, 1.0, 2.0, 3.0)]) == [
+      '| run | seeds | val acc@1 | test acc@1 | test acc@10 | paper acc@1 | steps (selected) '
+      '| train min / run |',
+      '| a | 0 | 1.00 | 2.00 | 3.00 | 52.17 | 500 (300) | 10.0 |',
+      '| b | 0 | 1.00 | 2.00 | 3.00 | — | 500 (300) | 10.0 |']
 
 
 def test_rows_follow_their_table_order_then_file_order():
   placed = [dict(_record('late', 0, 1.0, 1.0, 1.0), row=5),
             _record('unplaced', 0, 1.0, 1.0, 1.0),
             dict(_record('early', 0, 1.0, 1.0, 1.0), row=2)]
-  labels = [line.split(' | ')[0][2:] for line in experiments.table(placed).split('\n')[2:-1]]
+  labels = [line.split(' | ')[0][2:] for line in _table_lines(placed)[1:]]
   assert labels == ['early', 'late', 'unplaced']
 
 
