@@ -1,7 +1,8 @@
 """Train-step throughput of DSSA (full model, HOLEF) on each trunk
 (Sketch-a-Net; the ImageNet EfficientNet-Lite0 of the `imagenet` variant) at
 the paper-sized input (225 / 224) and at the `cpu` variant's size. Prints one
-JSON object: compile time, seconds per step, triplets/s per setting.
+JSON object: compile time, seconds per step, XLA's FLOPs per step and
+triplets/s per setting.
 
   python -m benchmarks.train_step [--steps=5] [--batch_size=16]
       [--variants=';cpu;imagenet;imagenet,cpu'] [--frozen_trunk_layers=12]
@@ -46,7 +47,7 @@ def measure(config: ml_collections.ConfigDict, steps: int) -> dict:
   seconds = timing['seconds_per_step']
   return {'input_size': config.data.crop_size,
           'batch_size': config.batch_size, 'compile_seconds': timing['compile_seconds'],
-          'seconds_per_step': round(seconds, 4),
+          'seconds_per_step': round(seconds, 4), 'flops_per_step': timing['flops_per_step'],
           'triplets_per_second': round(config.batch_size / seconds, 2)}
 
 
