@@ -82,6 +82,8 @@ def test_machine_names_the_cpu_and_the_library_versions():
   # A seed repeats a run only on the same CPU and libraries (README, ablation table).
   info = records.machine()
   assert info['cpu'] and info['jax']
+  if os.path.exists('/proc/cpuinfo'):  # generations share a brand name
+    assert info['cpu_id'].startswith('family ') and info['cpu_vector']
   assert info['packages']['flax'] and info['packages']['numpy']
   assert 'tensorflow-datasets' in info['packages']
 
