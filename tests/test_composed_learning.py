@@ -7,6 +7,10 @@ setting (100 steps; test: 300 queries, 330-image gallery, chance R@1 0.32%):
 
   trained LBF, seeds 0 / 1 / 2      R@1 19.0 / 17.0 / 13.0; with permuted
                                     texts 8.0 / 8.7 / 5.7 (gain 11.0 / 8.3 / 7.3)
+  the same on an AMD family-26      R@1 5.3 / 11.7 / 14.0 (val 9.6 / 36.1 /
+  AVX-512 VM (same packages)        31.3): the arithmetic differs, and seed 0
+                                    lands in a weak run there; it still passes
+                                    the text-gain bar
   untrained (updates dropped)       R@1 0.7
   loss sign flipped                 R@1 0.3
   targets shuffled within batches   R@1 0.0
@@ -14,7 +18,8 @@ setting (100 steps; test: 300 queries, 330-image gallery, chance R@1 0.32%):
   text never reaches the model      R@1 9.7, gain 0.0
   image-only baseline (100 steps)   R@1 11.0, gain 0.0
 
-The R@1 bar (6) sits between the broken runs and the weakest seed; the text
+The R@1 bar (3, four times the broken runs' best; untrained rechecked: 0.7
+fails it) sits between the broken runs and the weakest seed; the text
 gain bar (3 points) catches a model that retrieves by image similarity alone,
 which on this data still reaches R@1 ~10 (each test reference image has about
 ten modified versions in the gallery). Each breakage was applied by
@@ -30,7 +35,7 @@ from sbir_jax.evaluators import recall_at_k
 from sbir_jax.tasks.composed import task as composed_task
 
 NUM_STEPS = 100
-MIN_RECALL_AT_1 = 6.0  # Percent; chance is 0.32, broken runs ~0.3, trained >= 13.
+MIN_RECALL_AT_1 = 3.0  # Percent; chance is 0.32, broken runs <= 0.7, trained >= 5.3.
 MIN_TEXT_GAIN = 3.0  # R@1 points lost when texts are permuted; trained >= 7.3.
 
 
